@@ -23,6 +23,7 @@ setuptools.setup(
         "scikit-learn>=1.5",
         "matplotlib>=3.8",
         "pillow>=10",
+        "importlib-resources>=6",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "h5py>=3.10"],

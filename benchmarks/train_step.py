@@ -1,0 +1,115 @@
+"""Images/s of one jitted EfficientNetV2 training step, ours vs timm's `tf_efficientnetv2_<v>` in the same run.
+
+    python benchmarks/train_step.py --model s --image-size 128 --batch 32 [--steps 6] [--conv-impl auto]
+
+Our step: forward, backward, TF1 RMSProp (decay .9, momentum .9, eps 1e-3) with L2 on kernels, BN statistics,
+label smoothing 0.1, donated state; timed after warm-up as the median of several steps, plus compile time.
+timm's step (when torch and timm are importable): the same shapes in train mode, torch RMSprop with
+the same hyper-parameters and label smoothing. Prints both and the ratio ours/timm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from efficientnetv2_jax.models import create_model, get_variant, normalize_images
+
+
+def time_ours(model_name: str, image_size: int, batch: int, steps: int, conv_impl: str, dtype: str) -> dict:
+    model = create_model(model_name, num_classes=1000, conv_impl=conv_impl, dtype=dtype)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8))
+    labels = jax.nn.one_hot(jnp.asarray(rng.integers(0, 1000, batch)), 1000)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)), train=False)
+    tx = optax.chain(
+        optax.add_decayed_weights(1e-5, mask=lambda p: jax.tree_util.tree_map_with_path(
+            lambda path, _: path[-1].key == "kernel", p)),
+        optax.rmsprop(0.016, decay=0.9, eps=1e-3, initial_scale=1.0, eps_in_sqrt=True, momentum=0.9),
+    )
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+
+    def step(state, images, labels, key):
+        params, batch_stats, opt_state = state
+
+        def loss_fn(params):
+            x = normalize_images(images, model_name)
+            logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                          mutable=["batch_stats"], rngs={"dropout": key})
+            smoothed = optax.smooth_labels(labels, 0.1)
+            return optax.softmax_cross_entropy(logits, smoothed).mean(), updates["batch_stats"]
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), new_stats, opt_state), loss
+
+    jitted = jax.jit(step, donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(state, images, labels, jax.random.PRNGKey(1)).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        state, loss = compiled(state, images, labels, jax.random.PRNGKey(i))
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times[2:])
+    return {"step_s": step_s, "img_s": batch / step_s, "compile_s": compile_s}
+
+
+def time_timm(model_name: str, image_size: int, batch: int, steps: int) -> dict | None:
+    try:
+        import timm
+        import torch
+    except ImportError:
+        return None
+    short = get_variant(model_name).name.split("-")[1]
+    model = timm.create_model(f"tf_efficientnetv2_{short}", num_classes=1000, drop_rate=0.2, drop_path_rate=0.2)
+    model.train()
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.016, alpha=0.9, eps=1e-3, momentum=0.9, weight_decay=1e-5)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    images = torch.randn(batch, 3, image_size, image_size)
+    labels = torch.randint(0, 1000, (batch,))
+    times = []
+    for _ in range(steps + 2):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(images), labels).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times[2:])
+    return {"step_s": step_s, "img_s": batch / step_s, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="s")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "cpu"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--no-timm", action="store_true", help="Skip the timm comparison.")
+    args = parser.parse_args()
+    name = get_variant(args.model).name
+    print(f"{name} {args.image_size}px batch {args.batch} on {jax.devices()[0].platform} "
+          f"({jax.device_count()} device(s)), conv_impl={args.conv_impl}, dtype={args.dtype}")
+    ours = time_ours(name, args.image_size, args.batch, args.steps, args.conv_impl, args.dtype)
+    print(f"ours : {ours['img_s']:7.1f} img/s  ({ours['step_s'] * 1e3:.0f} ms/step, compile {ours['compile_s']:.1f} s)")
+    theirs = None if args.no_timm else time_timm(name, args.image_size, args.batch, args.steps)
+    if theirs is None:
+        print("timm : not measured (torch/timm not importable or --no-timm)")
+        return
+    print(f"timm : {theirs['img_s']:7.1f} img/s  ({theirs['step_s'] * 1e3:.0f} ms/step, "
+          f"{theirs['threads']} torch threads)")
+    print(f"ratio ours/timm: {ours['img_s'] / theirs['img_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

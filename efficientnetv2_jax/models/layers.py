@@ -1,0 +1,207 @@
+"""Convolution and batch-norm layers with the official TF numerics and a fast formulation per backend.
+
+The parameters are identical whichever formulation computes a layer, so weights move freely between them:
+- 'xla': everything through `lax.conv_general_dilated` (native depthwise on TPU/GPU).
+- 'cpu': 1x1 convolutions as matrix products and depthwise convolutions as k*k shifted multiply-adds. XLA:CPU
+  runs a grouped convolution's backward pass as a dense convolution, which makes the plain form several times
+  slower there (see benchmarks/conv_formulations.py).
+- 'auto' (default): 'cpu' on the CPU backend, 'xla' elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax import lax
+
+CONV_IMPLS = ("auto", "xla", "cpu")
+Dtype = Any
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+    """Maps 'auto' to the fastest formulation for the default backend."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid choices: {', '.join(CONV_IMPLS)}.")
+    if conv_impl == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return conv_impl
+
+
+def conv_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+    """Official `conv_kernel_initializer`: untruncated N(0, 2/fan_out), fan_out = kh*kw*shape[-1].
+
+    For depthwise kernels, stored (k, k, 1, C) here and (k, k, C, 1) in TF, the official fan_out is k*k*1:
+    the channel count is ignored, so we use the multiplier (1) rather than C.
+    """
+    kh, kw, in_ch, out_ch = shape
+    fan_out = kh * kw * (1 if in_ch == 1 and out_ch > 1 else out_ch)
+    return jax.random.normal(key, shape, dtype) * np.sqrt(2.0 / fan_out)
+
+
+def dense_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+    """Official `dense_kernel_initializer`: U(-1/sqrt(num_classes), 1/sqrt(num_classes))."""
+    limit = 1.0 / np.sqrt(shape[1])
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, tuple[int, int]]:
+    """TF 'SAME' output size and (before, after) padding; the extra pixel goes after (bottom/right)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def _conv_xla(x: jax.Array, kernel: jax.Array, stride: int, groups: int) -> jax.Array:
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def _pointwise_dot(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    if stride > 1:  # SAME padding of a 1x1 kernel never pads: it is a strided subsample.
+        x = x[:, ::stride, ::stride, :]
+    flat = x.reshape(-1, x.shape[-1]) @ kernel[0, 0]  # 2-D so both backward products are plain GEMMs.
+    return flat.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array, out_h: int, out_w: int, stride: int) -> jax.Array:
+    """sum_ij x[:, i::stride, j::stride][:out_h, :out_w] * kernel[i, j, 0]: a depthwise correlation."""
+    n, _, _, c = x.shape
+    k = kernel.shape[0]
+    out = None
+    for i in range(k):
+        for j in range(k):
+            window = lax.slice(
+                x, (0, i, j, 0), (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                (1, stride, stride, 1),
+            )
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def _pad_same(x: jax.Array, k: int, stride: int) -> tuple[jax.Array, int, int]:
+    out_h, pad_h = same_padding(x.shape[1], k, stride)
+    out_w, pad_w = same_padding(x.shape[2], k, stride)
+    return jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))), out_h, out_w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """Depthwise 'SAME' convolution as k*k shifted multiply-adds, with a hand-written backward pass."""
+    xp, out_h, out_w = _pad_same(x, kernel.shape[0], stride)
+    return _shifted_sum(xp, kernel, out_h, out_w, stride)
+
+
+def _depthwise_fwd(x, kernel, stride):
+    return _depthwise_shifted(x, kernel, stride), (x, kernel)
+
+
+def _depthwise_bwd(stride, residuals, g):
+    """dx = correlation of the stride-dilated gradient with the flipped kernel; dkernel = k*k reductions."""
+    x, kernel = residuals
+    # A barrier keeps XLA from merging these windows with the forward pass's, which would materialise them.
+    x = lax.optimization_barrier(x)
+    _, h, w, _ = x.shape
+    k = kernel.shape[0]
+    xp, out_h, out_w = _pad_same(x, k, stride)
+    pad_top = same_padding(h, k, stride)[1][0]
+    pad_left = same_padding(w, k, stride)[1][0]
+    dilated = lax.pad(g, jnp.zeros((), g.dtype), [
+        (0, 0, 0),
+        (k - 1, xp.shape[1] - (out_h - 1) * stride - 1, stride - 1),
+        (k - 1, xp.shape[2] - (out_w - 1) * stride - 1, stride - 1),
+        (0, 0, 0),
+    ])
+    dilated = dilated[:, pad_top:pad_top + h + k - 1, pad_left:pad_left + w + k - 1]
+    dx = _shifted_sum(dilated, kernel[::-1, ::-1], h, w, 1)
+    n, _, _, c = x.shape
+    rows = []
+    for i in range(k):
+        for j in range(k):
+            window = lax.slice(
+                xp, (0, i, j, 0), (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                (1, stride, stride, 1),
+            )
+            rows.append(jnp.sum((window * g).astype(jnp.float32), axis=(0, 1, 2)))
+    dkernel = jnp.stack(rows).reshape(kernel.shape).astype(kernel.dtype)
+    return dx, dkernel
+
+
+_depthwise_shifted.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+class Conv(nn.Module):
+    """Bias-free (unless `use_bias`) 'SAME' convolution; depthwise when `depthwise=True`."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    depthwise: bool = False
+    use_bias: bool = False
+    conv_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_ch = x.shape[-1]
+        k = self.kernel_size
+        shape = (k, k, 1, in_ch) if self.depthwise else (k, k, in_ch, self.features)
+        kernel = self.param("kernel", conv_kernel_init, shape, jnp.float32).astype(self.dtype)
+        x = x.astype(self.dtype)
+        impl = resolve_conv_impl(self.conv_impl)
+        if impl == "xla":
+            y = _conv_xla(x, kernel, self.stride, in_ch if self.depthwise else 1)
+        elif self.depthwise:
+            y = _depthwise_shifted(x, kernel, self.stride)
+        elif k == 1:
+            y = _pointwise_dot(x, kernel, self.stride)
+        else:
+            y = _conv_xla(x, kernel, self.stride, 1)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32).astype(self.dtype)
+        return y
+
+
+class BatchNorm(nn.Module):
+    """Batch norm with Keras/TF semantics (moving = m*moving + (1-m)*batch, biased variance E[x²]-E[x]²).
+
+    Statistics are computed in float32 over the whole (global, under jit) batch, or over contiguous groups of
+    `group_size` examples, the official TPU recipe of normalising within groups of 8 replicas.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-3
+    group_size: int | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        if train:
+            groups = 1 if self.group_size is None else x.shape[0] // self.group_size
+            if self.group_size is not None and (groups < 1 or x.shape[0] % self.group_size):
+                raise ValueError(f"Batch {x.shape[0]} is not divisible by bn_group_size {self.group_size}.")
+            xg = x.astype(jnp.float32)
+            if groups > 1:
+                xg = xg.reshape(groups, -1, *x.shape[1:])
+            axes = tuple(range(xg.ndim - 4, xg.ndim - 1))
+            mean = xg.mean(axis=axes, keepdims=True)
+            var = jnp.maximum(jnp.square(xg).mean(axis=axes, keepdims=True) - jnp.square(mean), 0.0)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.reshape(groups, c).mean(0)
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var.reshape(groups, c).mean(0)
+            y = (xg - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
+            return y.reshape(x.shape).astype(self.dtype)
+        mul = scale * lax.rsqrt(ra_var.value + self.epsilon)
+        return ((x.astype(jnp.float32) - ra_mean.value) * mul + bias).astype(self.dtype)
