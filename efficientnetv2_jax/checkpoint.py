@@ -94,7 +94,6 @@ class Checkpointer:
         self._workdir = epath.Path(workdir)
         self._static_metadata = {"kind": "train_state", "model_name": model_name, "num_classes": num_classes,
                                  "config": _config_to_dict(config)}
-        self.best_metric = best_metric
         missing = -math.inf if best_mode == "max" else math.inf
         self._metric_fn = (lambda metrics: metrics.get(best_metric, missing)) if keep_best else None
         policies = [ocp.checkpoint_managers.LatestN(keep_last)]
@@ -183,8 +182,13 @@ class Checkpointer:
             corrupt_dir = self._workdir / CORRUPT_SUBDIR
             corrupt_dir.mkdir(parents=True, exist_ok=True)
             for step in steps:
-                (self.directory / str(step)).rename(corrupt_dir / str(step))
-                logger.warning("Moved unreadable checkpoint %d to %s.", step, corrupt_dir)
+                destination = corrupt_dir / str(step)
+                copies = 0
+                while destination.exists():
+                    copies += 1
+                    destination = corrupt_dir / f"{step}-{copies}"
+                (self.directory / str(step)).rename(destination)
+                logger.warning("Moved unreadable checkpoint %d to %s.", step, destination)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("efficientnetv2_jax.checkpoint.quarantine")
         self._manager.reload()

@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -136,7 +137,7 @@ def test_interval_policy_keep_last_and_best(tmp_path):
         ckpt.save(6, state)
         ckpt.save(7, state, force=True)
         ckpt.wait_until_finished()
-        assert ckpt.all_steps() == [2, 6, 7]
+        assert ckpt.all_steps() == [2, 6, 7] and ckpt.best_step() == 2
 
 
 def test_best_mode_min_and_bad_options(tmp_path):
@@ -289,3 +290,33 @@ def test_compilation_cache_writes_entries(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], check=True, env=env, timeout=120)
     assert any((tmp_path / "cache").iterdir())
+
+
+_TWO_PROCESS_SCRIPT = """
+import os, signal, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from efficientnetv2_jax.train.preemption import PreemptionWatcher
+process_id, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id, initialization_timeout=60)
+with PreemptionWatcher(sync_every_steps=2) as preemption:
+    for step in range(1, 20):
+        if process_id == 1 and step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if preemption.should_stop(step):
+            print(f"stop {step} {preemption.requested}", flush=True)
+            break
+jax.distributed.shutdown()
+"""
+
+
+def test_two_processes_agree_on_the_stop_step():
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = str(probe.getsockname()[1])
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(i), port], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for i in range(2)]
+    outputs = [[line for line in proc.communicate(timeout=120)[0].splitlines() if line.startswith("stop")]
+               for proc in procs]
+    assert outputs == [["stop 4 False"], ["stop 4 True"]]  # Process 0 stops too, at the next sync.
