@@ -151,6 +151,7 @@ def test_best_mode_min_and_bad_options(tmp_path):
         new_checkpointer(tmp_path / "x", best_mode="highest")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax drops coroutines on a failed read.
 def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog):
     with new_checkpointer(tmp_path) as ckpt:
         ckpt.save(1, make_state(step=1, seed=1), force=True, stage_index=0)
@@ -171,6 +172,7 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog):
         assert ckpt.save(2, restored.state, force=True)  # The resumed run can checkpoint step 2 again.
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax drops coroutines on a failed read.
 def test_all_unreadable_raises(tmp_path):
     with new_checkpointer(tmp_path) as ckpt:
         ckpt.save(1, make_state(), force=True)
