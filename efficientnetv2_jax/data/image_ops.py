@@ -75,9 +75,16 @@ def solarize_add(image: tf.Tensor, addition: int, threshold: int = 128) -> tf.Te
     return _select(image, below, added)
 
 
+def grayscale(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 1] as ``tf.image.rgb_to_grayscale`` computes it, on channel planes (no slow broadcasts)."""
+    red, green, blue = tf.unstack(tf.cast(image, tf.float32) / 255.0, axis=-1)
+    gray = red * 0.2989 + green * 0.5870 + blue * 0.1140
+    return tf.cast(gray * 255.5, tf.uint8)[..., None]
+
+
 def color(image: tf.Tensor, factor: float) -> tf.Tensor:
     """PIL Color: blend with the grayscale image."""
-    return _blend(tf.image.rgb_to_grayscale(image), image, factor)
+    return _blend(grayscale(image), image, factor)
 
 
 def contrast(image: tf.Tensor, factor: float) -> tf.Tensor:
@@ -99,35 +106,36 @@ def sharpness(image: tf.Tensor, factor: float) -> tf.Tensor:
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
     smooth = tf.nn.depthwise_conv2d(as_float[None], kernel, [1, 1, 1, 1], padding="VALID")[0]
     smooth = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8)
-    border = tf.pad(tf.ones_like(smooth), [[1, 1], [1, 1], [0, 0]])
-    degenerate = _select(image, border, tf.pad(smooth, [[1, 1], [1, 1], [0, 0]]))
+    middle = tf.concat([image[1:-1, :1], smooth, image[1:-1, -1:]], axis=1)
+    degenerate = tf.concat([image[:1], middle, image[-1:]], axis=0)  # the 1-pixel border stays original
     return _blend(degenerate, image, factor)
 
 
 def autocontrast(image: tf.Tensor) -> tf.Tensor:
     """Per channel, stretch [min, max] to [0, 255]; channels with max == min are unchanged."""
-    low = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.float32)
-    high = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.float32)
-    stretch = high > low
-    scale = tf.where(stretch, 255.0 / tf.maximum(high - low, 1.0), 1.0)
-    offset = tf.where(stretch, -low * scale, 0.0)
-    scaled = tf.cast(image, tf.float32) * scale + offset
-    return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
+    stretched = []
+    for plane in tf.unstack(image, axis=-1):  # per-plane scalar maths avoids slow [3]-vector broadcasts
+        low = tf.cast(tf.reduce_min(plane), tf.float32)
+        high = tf.cast(tf.reduce_max(plane), tf.float32)
+        scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1.0), 1.0)
+        offset = tf.where(high > low, -low * scale, 0.0)
+        stretched.append(tf.cast(tf.clip_by_value(tf.cast(plane, tf.float32) * scale + offset, 0.0, 255.0), tf.uint8))
+    return tf.stack(stretched, axis=-1)
 
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
     """PIL Equalize per channel (official histogram/step/LUT rule; step 0 leaves the channel unchanged)."""
-    pixels = tf.reshape(tf.cast(image, tf.int32), [-1, 3]) + tf.constant([0, 256, 512])
-    histogram = tf.reshape(tf.math.bincount(pixels, minlength=768, maxlength=768), [3, 256])
-    top_value = tf.cast(tf.reduce_max(tf.reshape(image, [-1, 3]), axis=0), tf.int32)
+    planes = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, 3]))  # [3, H*W], contiguous planes
+    histogram = tf.stack([tf.histogram_fixed_width(planes[c], [0, 255], nbins=256) for c in range(3)])
+    top_value = tf.reduce_max(planes, axis=1)
     top_count = tf.gather(histogram, top_value, batch_dims=1)
     step = (tf.reduce_sum(histogram, axis=1) - top_count) // 255
     safe_step = tf.maximum(step, 1)[:, None]
     lut = (tf.cumsum(histogram, axis=1) + safe_step // 2) // safe_step
     lut = tf.clip_by_value(tf.pad(lut[:, :-1], [[0, 0], [1, 0]]), 0, 255)
     lut = tf.where((step > 0)[:, None], lut, tf.range(256)[None, :])
-    equalized = tf.gather(tf.reshape(tf.cast(lut, tf.uint8), [-1]), pixels)
-    return tf.reshape(equalized, tf.shape(image))
+    equalized = tf.gather(tf.reshape(tf.cast(lut, tf.uint8), [-1]), planes + tf.constant([[0], [256], [512]]))
+    return tf.reshape(tf.transpose(equalized), tf.shape(image))
 
 
 def cutout(image: tf.Tensor, pad_size: int | tf.Tensor, seed: tf.Tensor,
@@ -136,12 +144,14 @@ def cutout(image: tf.Tensor, pad_size: int | tf.Tensor, seed: tf.Tensor,
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     centre = tf.random.stateless_uniform([2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
     centre_y, centre_x = centre[0] % height, centre[1] % width
-    rows = tf.range(height)
-    cols = tf.range(width)
-    in_rows = (rows >= centre_y - pad_size) & (rows < centre_y + pad_size)
-    in_cols = (cols >= centre_x - pad_size) & (cols < centre_x + pad_size)
-    mask = tf.cast(in_rows[:, None, None] & in_cols[None, :, None], tf.uint8)
-    return _select(image, mask, tf.cast(replace, tf.uint8))
+    y0, y1 = tf.maximum(centre_y - pad_size, 0), tf.minimum(centre_y + pad_size, height)
+    x0, x1 = tf.maximum(centre_x - pad_size, 0), tf.minimum(centre_x + pad_size, width)
+    if isinstance(replace, int):
+        patch = tf.fill(tf.stack([y1 - y0, x1 - x0, 3]), tf.constant(replace, tf.uint8))
+    else:
+        patch = tf.cast(replace, tf.uint8)[y0:y1, x0:x1]
+    band = tf.concat([image[y0:y1, :x0], patch, image[y0:y1, x1:]], axis=1)
+    return tf.concat([image[:y0], band, image[y1:]], axis=0)
 
 
 def affine_nearest(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
@@ -189,11 +199,15 @@ def shear_y(image: tf.Tensor, level: float | tf.Tensor) -> tf.Tensor:
 def _shift(image: tf.Tensor, pixels: tf.Tensor, axis: int) -> tf.Tensor:
     """output[.., i, ..] = image[.., i + pixels, ..] along ``axis`` (int32 pixels), fill 128 outside."""
     size = tf.shape(image)[axis]
-    rolled = tf.roll(image, -pixels, axis=axis)
-    source = tf.range(size) + pixels
-    outside = tf.cast((source < 0) | (source >= size), tf.uint8)
-    outside = outside[None, :, None] if axis == 1 else outside[:, None, None]
-    return _select(rolled, outside, tf.constant(FILL_VALUE, tf.uint8))
+    pixels = tf.clip_by_value(pixels, -size, size)
+    start, stop = tf.maximum(pixels, 0), size + tf.minimum(pixels, 0)
+    kept = image[:, start:stop] if axis == 1 else image[start:stop]
+
+    def gray(length: tf.Tensor) -> tf.Tensor:
+        shape = tf.tensor_scatter_nd_update(tf.shape(image), [[axis]], [length])
+        return tf.fill(shape, tf.constant(FILL_VALUE, tf.uint8))
+
+    return tf.concat([gray(tf.maximum(-pixels, 0)), kept, gray(tf.maximum(pixels, 0))], axis=axis)
 
 
 def _round_half_away(value: tf.Tensor) -> tf.Tensor:
