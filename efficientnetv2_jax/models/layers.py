@@ -96,7 +96,9 @@ def _pad_same(x: jax.Array, k: int, stride: int) -> tuple[jax.Array, int, int]:
 def _depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """Depthwise 'SAME' convolution as k*k shifted multiply-adds, with a hand-written backward pass."""
     xp, out_h, out_w = _pad_same(x, kernel.shape[0], stride)
-    return _shifted_sum(xp, kernel, out_h, out_w, stride)
+    # The barrier materialises the padded input once; XLA then fuses the k*k strided windows into one loop
+    # instead of writing each window out as its own array.
+    return _shifted_sum(lax.optimization_barrier(xp), kernel, out_h, out_w, stride)
 
 
 def _depthwise_fwd(x, kernel, stride):
@@ -106,8 +108,7 @@ def _depthwise_fwd(x, kernel, stride):
 def _depthwise_bwd(stride, residuals, g):
     """dx = correlation of the stride-dilated gradient with the flipped kernel; dkernel = k*k reductions."""
     x, kernel = residuals
-    # A barrier keeps XLA from merging these windows with the forward pass's, which would materialise them.
-    x = lax.optimization_barrier(x)
+    x = lax.optimization_barrier(x)  # Keeps XLA from merging this padding with the forward pass's.
     _, h, w, _ = x.shape
     k = kernel.shape[0]
     xp, out_h, out_w = _pad_same(x, k, stride)
