@@ -1,9 +1,6 @@
 """Train/eval iterators: shapes, label formats, determinism, exact resume, host slicing, eval coverage, corrupt files."""
 
-import importlib
 import os
-import sys
-import types
 
 import jax
 import numpy as np
@@ -11,46 +8,13 @@ import pytest
 import tensorflow as tf
 from jax.sharding import Mesh, PartitionSpec
 
-from efficientnetv2_jax.data import input_pipeline, make_eval_iterator, make_train_iterator, prepare_imagenet21k, sources
+from efficientnetv2_jax.data import input_pipeline, mixing, make_eval_iterator, make_train_iterator, prepare_imagenet21k, sources
 
 SIZE = 16
 
 
-def _stand_in_modules():
-    """Minimal preprocessing/mixing used only while the real modules are not in the tree yet."""
-    preprocessing = types.ModuleType("preprocessing")
-
-    def train_image(encoded, seed, *, image_size, augment, randaug_magnitude, randaug_layers=2, area_range=(0.05, 1.0)):
-        del augment, randaug_magnitude, randaug_layers, area_range
-        image = tf.image.resize(tf.io.decode_image(encoded, channels=3, expand_animations=False), (image_size,) * 2)
-        return tf.cast(tf.image.stateless_random_flip_left_right(image, seed), tf.uint8)
-
-    def eval_image(encoded, *, image_size, resize_method="bilinear", crop_rule="v2"):
-        del crop_rule
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        return tf.cast(tf.image.resize(image, (image_size,) * 2, method=resize_method), tf.uint8)
-
-    preprocessing.train_image, preprocessing.eval_image = train_image, eval_image
-    mixing = types.ModuleType("mixing")
-
-    def mixing_params(seed, batch_size, image_size, mixup_alpha, cutmix_alpha):
-        rng = np.random.default_rng(seed)
-        return rng.beta(max(mixup_alpha, 1e-3), max(mixup_alpha, 1e-3), batch_size), rng.integers(0, image_size, (batch_size, 4))
-
-    mixing.mixing_params = mixing_params
-    return {"preprocessing": preprocessing, "mixing": mixing}
-
-
 @pytest.fixture(autouse=True)
-def _preprocessing_modules(monkeypatch):
-    import efficientnetv2_jax.data as data_package  # pylint: disable=g-import-not-at-top
-
-    for name, module in _stand_in_modules().items():
-        try:
-            importlib.import_module(f"efficientnetv2_jax.data.{name}")
-        except ModuleNotFoundError:
-            monkeypatch.setitem(sys.modules, f"efficientnetv2_jax.data.{name}", module)
-            monkeypatch.setattr(data_package, name, module, raising=False)
+def _fresh_sources():
     sources.open_source.cache_clear()
     yield
     sources.open_source.cache_clear()
@@ -81,7 +45,8 @@ def mesh():
 
 def _train_kwargs(dataset, data_dir=None, **overrides):
     kwargs = dict(dataset=dataset, split="train", image_size=SIZE, randaug_magnitude=5.0, mixup_alpha=0.0,
-                  cutmix_alpha=0.0, global_batch_size=8, seed=3, data_dir=data_dir, num_threads=2)
+                  cutmix_alpha=0.0, global_batch_size=8, seed=3, data_dir=data_dir, num_threads=2,
+                  augment="none")  # constant-colour images keep their colour (= identity) through crop and flip
     kwargs.update(overrides)
     return kwargs
 
@@ -92,7 +57,7 @@ def _take(iterator, n):
 
 def test_train_iterator_gives_sharded_uint8_batches_with_one_hot_labels(digits_dir, mesh):
     it = make_train_iterator(**_train_kwargs("digits", digits_dir, global_batch_size=16, mixup_alpha=0.2,
-                                             cutmix_alpha=0.2), start_step=0, mesh=mesh)
+                                             cutmix_alpha=0.2, augment="randaug"), start_step=0, mesh=mesh)
     batch = next(it)
     it.close()
     assert batch["image"].shape == (16, SIZE, SIZE, 3) and batch["image"].dtype == jax.numpy.uint8
@@ -106,6 +71,23 @@ def test_train_iterator_gives_sharded_uint8_batches_with_one_hot_labels(digits_d
     assert batch["cutmix_box"].shape == (16, 4) and batch["cutmix_box"].dtype == jax.numpy.int32
     assert 0 < int(np.asarray(batch["image"]).max()) <= 255
     assert it.num_corrupt == 0
+
+
+def test_apply_mixing_on_a_real_sharded_batch_keeps_label_mass(digits_dir, mesh):
+    it = make_train_iterator(**_train_kwargs("digits", digits_dir, global_batch_size=16, mixup_alpha=0.8,
+                                             cutmix_alpha=1.0), start_step=0, mesh=mesh)
+    batch = next(it)
+    it.close()
+    assert set(mixing.MIXING_KEYS) <= set(batch)
+    images = batch["image"].astype(jax.numpy.float32)
+    mixed_images, mixed_labels = jax.jit(mixing.apply_mixing)(images, batch["label"], batch)
+    host = {k: np.asarray(v) for k, v in batch.items()}
+    expected_images, expected_labels = mixing.apply_mixing(host["image"].astype(np.float32), host["label"], host)
+    np.testing.assert_allclose(np.asarray(mixed_labels), expected_labels, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(mixed_images), expected_images, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(mixed_labels).sum(-1), 1.0, rtol=1e-6)
+    assert (np.asarray(mixed_labels) > 0).sum(-1).max() == 2  # partners' labels were mixed in
+    np.testing.assert_array_equal(host["mix_partner"], mixing.partner_indices(16, True, True))
 
 
 def test_batch_must_divide_over_devices_and_hosts(digits_dir, mesh):

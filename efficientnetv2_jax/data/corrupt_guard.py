@@ -1,11 +1,11 @@
-"""Per-example map that replaces an example whose processing fails (e.g. a corrupt JPEG) by a fallback.
+"""Decode a batch of examples in parallel, replacing any image whose decoding fails by a blank with mask 0.
 
-tf.data has no try/except for one element: ``ignore_errors`` drops it, which would shrink a batch
-and put hosts out of step. Here each element runs in its own one-element dataset,
-``from_tensors(x).map(fn).ignore_errors()`` followed by ``from_tensors(fallback(x))``, and
-``take(1)`` keeps whichever comes first; ``interleave`` runs these in parallel and, with one element
-per inner dataset and ``deterministic=True``, keeps the input order. Batches stay full and every host
-keeps the same number of steps.
+tf.data has no try/except for one element, and ``ignore_errors`` drops the element, which would
+shrink a batch and put hosts out of step. So each step's examples form one small dataset,
+``from_tensor_slices(step).map(fn, parallel, deterministic).ignore_errors().batch(b)``, whose
+elements carry their position in the batch; the survivors are scattered back into a blank batch
+and ``mask`` marks them. Only one dataset per batch is created (not one per example), and a
+parallel interleave keeps two steps in flight so that the cores stay busy at batch boundaries.
 """
 
 from __future__ import annotations
@@ -17,20 +17,37 @@ import tensorflow as tf
 Example = dict[str, tf.Tensor]
 
 
-def map_with_fallback(dataset: tf.data.Dataset, fn: Callable[[Example], Example],
-                      fallback: Callable[[Example], Example], num_parallel_calls: int = tf.data.AUTOTUNE,
-                      cycle_length: int | None = None) -> tf.data.Dataset:
-    """``dataset.map(fn)`` in order, but an element whose ``fn`` raises becomes ``fallback(element)``."""
+def _fill_blanks(positions: tf.Tensor, images: tf.Tensor, batch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(images [n, ...] at ``positions``) -> (images [b, ...] with zeros elsewhere, float32 mask [b])."""
+    mask = tf.scatter_nd(positions[:, None], tf.ones_like(positions, tf.float32), [batch_size])
+    shape = tf.concat([[batch_size], tf.shape(images)[1:]], 0)
+    full = tf.cond(tf.size(positions) == batch_size, lambda: images,
+                   lambda: tf.scatter_nd(positions[:, None], images, shape))
+    return tf.ensure_shape(full, [batch_size] + images.shape[1:].as_list()), mask
 
-    def guarded(example: Example) -> tf.data.Dataset:
-        one = tf.data.Dataset.from_tensors(example)
-        ok = one.map(fn).ignore_errors()
-        return ok.concatenate(tf.data.Dataset.from_tensors(fallback(example))).take(1)
 
-    return dataset.interleave(
-        guarded,
-        cycle_length=cycle_length or tf.data.AUTOTUNE,
-        block_length=1,
-        num_parallel_calls=num_parallel_calls,
-        deterministic=True,
-    )
+def map_batches_with_fallback(steps: tf.data.Dataset, fn: Callable[[Example], tf.Tensor], *, inputs: tuple[str, ...],
+                              batch_size: int, image_shape: tuple[int, ...], dtype: tf.DType = tf.uint8,
+                              steps_in_flight: int = 2) -> tf.data.Dataset:
+    """Each step dict of [b, ...] tensors gains ``image`` = fn(example) per example (zeros where fn raised)
+    and ``mask`` float32 [b] (0 there); the keys in ``inputs`` are consumed, order is kept."""
+
+    def decode_step(step: Example) -> tf.data.Dataset:
+        per_example = {key: step[key] for key in inputs}
+        positions = tf.range(batch_size, dtype=tf.int32)
+        decoded = (tf.data.Dataset.from_tensor_slices((positions, per_example))
+                   .map(lambda position, example: (position, fn(example)),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                   .ignore_errors()
+                   .batch(batch_size))
+        nothing = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), tf.zeros((0,) + image_shape, dtype)))
+        rest = {key: value for key, value in step.items() if key not in inputs}
+
+        def assemble(positions: tf.Tensor, images: tf.Tensor) -> Example:
+            images, mask = _fill_blanks(positions, images, batch_size)
+            return {**rest, "image": images, "mask": mask}
+
+        return decoded.concatenate(nothing).take(1).map(assemble)
+
+    return steps.interleave(decode_step, cycle_length=steps_in_flight, block_length=1,
+                            num_parallel_calls=steps_in_flight, deterministic=True)

@@ -22,7 +22,7 @@ import tensorflow as tf
 from jax.sharding import Mesh
 
 from efficientnetv2_jax.data import example_order, registry
-from efficientnetv2_jax.data.corrupt_guard import map_with_fallback
+from efficientnetv2_jax.data.corrupt_guard import map_batches_with_fallback
 from efficientnetv2_jax.data.device_prefetch import DevicePrefetchIterator
 from efficientnetv2_jax.data.sources import ExampleSource, open_source
 
@@ -64,24 +64,18 @@ def tf_data_options(num_threads: int | None = None) -> tf.data.Options:
     return options
 
 
-def _decode_payload(source: ExampleSource, payload: tf.Tensor) -> tf.Tensor:
-    return tf.io.read_file(payload) if source.payload_is_path else payload
-
-
-def _decoded_examples(examples: tf.data.Dataset, source: ExampleSource, image_fn: Callable[[tf.Tensor, dict], tf.Tensor],
-                      image_size: int, host_batch: int) -> tf.data.Dataset:
-    """Per-example decode (corrupt -> blank image, mask 0), then batching to the host batch."""
+def _decoded_batches(steps: tf.data.Dataset, source: ExampleSource, image_fn: Callable[[tf.Tensor, dict], tf.Tensor],
+                     image_size: int, host_batch: int, inputs: tuple[str, ...]) -> tf.data.Dataset:
+    """Per-step dicts of [b] examples -> host batches with uint8 ``image`` (blank where undecodable) and ``mask``."""
 
     def process(example):
-        image = image_fn(_decode_payload(source, example["payload"]), example)
-        image = tf.ensure_shape(tf.cast(image, tf.uint8), [image_size, image_size, 3])
-        return {"image": image, "label": example["label"], "mask": tf.constant(1.0)}
+        payload = example["payload"]
+        encoded = tf.io.read_file(payload) if source.payload_is_path else payload
+        return tf.ensure_shape(tf.cast(image_fn(encoded, example), tf.uint8), [image_size, image_size, 3])
 
-    def blank(example):
-        return {"image": tf.zeros([image_size, image_size, 3], tf.uint8), "label": example["label"],
-                "mask": tf.constant(0.0)}
-
-    return map_with_fallback(examples, process, blank).batch(host_batch, drop_remainder=True)
+    batches = map_batches_with_fallback(steps, process, inputs=("payload",) + inputs, batch_size=host_batch,
+                                        image_shape=(image_size, image_size, 3))
+    return batches.prefetch(2)
 
 
 def _host_layout(global_batch_size: int, mesh: Mesh | None, process_index: int | None,
@@ -128,7 +122,7 @@ class HostBatches:
 
 def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_magnitude: float, mixup_alpha: float,
                        cutmix_alpha: float, global_batch_size: int, seed: int, start_step: int = 0,
-                       augment: str | None = "randaug", data_dir: str | None = None,
+                       augment: str = "randaug", data_dir: str | None = None,
                        area_range: tuple[float, float] = (0.05, 1.0), randaug_layers: int = 2,
                        normalize_multi_hot: bool = True, mesh: Mesh | None = None, process_index: int | None = None,
                        process_count: int | None = None, num_threads: int | None = None) -> HostBatches:
@@ -152,8 +146,8 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
                                          randaug_magnitude=randaug_magnitude, randaug_layers=randaug_layers,
                                          area_range=area_range)
 
-    examples = tf.data.Dataset.range(start_step, _MAX_STEPS).map(read_step, num_parallel_calls=tf.data.AUTOTUNE)
-    batches = _decoded_examples(examples.unbatch(), source, image_fn, image_size, host_batch).prefetch(2)
+    steps = tf.data.Dataset.range(start_step, _MAX_STEPS).map(read_step)
+    batches = _decoded_batches(steps, source, image_fn, image_size, host_batch, inputs=("seed",))
     batches = batches.with_options(tf_data_options(num_threads))
     use_mixing = mixup_alpha > 0 or cutmix_alpha > 0
     host_slice = slice(index * host_batch, (index + 1) * host_batch)
@@ -163,8 +157,8 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
         if use_mixing:
             params = mixing.mixing_params(np.array([seed, step], np.int64), global_batch_size, image_size,
                                           mixup_alpha, cutmix_alpha)
-            batch["mixup_lambda"] = np.asarray(params[0], np.float32)[host_slice]
-            batch["cutmix_box"] = np.asarray(params[1], np.int32)[host_slice]
+            # mix_partner holds global indices: the device assembles the global batch from every host's slice.
+            batch.update({key: params[key][host_slice] for key in mixing.MIXING_KEYS})
         return batch
 
     host_batches = HostBatches(batches, finish, start_step, None)
@@ -182,17 +176,17 @@ def eval_host_batches(*, dataset: str, split: str, image_size: int, global_batch
     source = open_source(dataset, split, data_dir)
     indices, is_padding = example_order.eval_host_examples(source.num_examples, global_batch_size, index, count)
 
-    def read_step(step_indices, step_padding):
+    def read_step(step_indices):
         payload, labels = source.fetch(step_indices, normalize_multi_hot)
-        return {"payload": payload, "label": labels, "padding": step_padding}
+        return {"payload": payload, "label": labels}
 
     def image_fn(encoded, example):
         del example
         return preprocessing.eval_image(encoded, image_size=image_size, resize_method=resize_method,
                                         crop_rule=crop_rule)
 
-    examples = tf.data.Dataset.from_tensor_slices((indices, is_padding)).map(read_step, num_parallel_calls=tf.data.AUTOTUNE)
-    batches = _decoded_examples(examples.unbatch(), source, image_fn, image_size, host_batch).prefetch(2)
+    steps = tf.data.Dataset.from_tensor_slices(indices).map(read_step)
+    batches = _decoded_batches(steps, source, image_fn, image_size, host_batch, inputs=())
     batches = batches.with_options(tf_data_options(num_threads))
 
     def finish(batch: HostBatch, step: int) -> HostBatch:
@@ -233,7 +227,7 @@ class GlobalBatches:
 
 def make_train_iterator(*, dataset: str, split: str, image_size: int, randaug_magnitude: float, mixup_alpha: float,
                         cutmix_alpha: float, global_batch_size: int, seed: int, start_step: int, mesh: Mesh,
-                        augment: str | None = "randaug", data_dir: str | None = None,
+                        augment: str = "randaug", data_dir: str | None = None,
                         area_range: tuple[float, float] = (0.05, 1.0), randaug_layers: int = 2,
                         normalize_multi_hot: bool = True, prefetch: int = 2,
                         num_threads: int | None = None) -> GlobalBatches:
