@@ -113,14 +113,14 @@ def sharpness(image: tf.Tensor, factor: float) -> tf.Tensor:
 
 def autocontrast(image: tf.Tensor) -> tf.Tensor:
     """Per channel, stretch [min, max] to [0, 255]; channels with max == min are unchanged."""
-    stretched = []
-    for plane in tf.unstack(image, axis=-1):  # per-plane scalar maths avoids slow [3]-vector broadcasts
-        low = tf.cast(tf.reduce_min(plane), tf.float32)
-        high = tf.cast(tf.reduce_max(plane), tf.float32)
-        scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1.0), 1.0)
-        offset = tf.where(high > low, -low * scale, 0.0)
-        stretched.append(tf.cast(tf.clip_by_value(tf.cast(plane, tf.float32) * scale + offset, 0.0, 255.0), tf.uint8))
-    return tf.stack(stretched, axis=-1)
+    planes = tf.transpose(tf.reshape(image, [-1, 3]))  # [3, H*W]: per-channel [3, 1] broadcasts are fast here
+    low = tf.cast(tf.reduce_min(planes, axis=1), tf.float32)
+    high = tf.cast(tf.reduce_max(planes, axis=1), tf.float32)
+    scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1.0), 1.0)
+    offset = tf.where(high > low, -low * scale, 0.0)
+    stretched = tf.cast(planes, tf.float32) * scale[:, None] + offset[:, None]
+    stretched = tf.cast(tf.clip_by_value(stretched, 0.0, 255.0), tf.uint8)
+    return tf.reshape(tf.transpose(stretched), tf.shape(image))
 
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
