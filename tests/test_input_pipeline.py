@@ -173,6 +173,18 @@ def test_corrupt_file_is_replaced_masked_and_counted(tmp_path):
     assert host.num_corrupt == 2
 
 
+def test_batch_of_only_corrupt_files_stays_full_and_masked(tmp_path):
+    for i in range(2):
+        os.makedirs(tmp_path / f"c{i}")
+        (tmp_path / f"c{i}" / "broken.png").write_bytes(b"\x89PNG not really")
+    host = _host(f"folder:{tmp_path}", split="all", global_batch_size=2)
+    batch = next(host)
+    assert batch["image"].shape == (2, SIZE, SIZE, 3) and batch["image"].max() == 0
+    np.testing.assert_array_equal(batch["mask"], 0.0)
+    np.testing.assert_array_equal(batch["label"].sum(-1), 1.0)
+    assert host.num_corrupt == 2
+
+
 def test_multi_hot_labels_are_normalised_unless_disabled(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
