@@ -144,8 +144,11 @@ def _finetune_cutout(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.T
 
 def train_image(encoded: tf.Tensor, seed: tf.Tensor, *, image_size: int, augment: str, randaug_magnitude: float,
                 randaug_layers: int = 2, area_range: tuple[float, float] = (0.05, 1.0),
-                jpeg_downscale: bool = True) -> tf.Tensor:
-    """Encoded bytes + stateless seed int [2] -> augmented uint8 [S, S, 3] (see the module docstring)."""
+                jpeg_downscale: bool = True, random_flip: bool = True) -> tf.Tensor:
+    """Encoded bytes + stateless seed int [2] -> augmented uint8 [S, S, 3] (see the module docstring).
+
+    `random_flip=False` drops the official horizontal flip, for data where mirroring changes the class (digits).
+    """
     _check_choice(augment, TRAIN_AUGMENTS, "augment")
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
     if augment == "autoaug":
@@ -159,7 +162,8 @@ def train_image(encoded: tf.Tensor, seed: tf.Tensor, *, image_size: int, augment
                                        min_object_covered=0.0, max_attempts=100)
     image = decode_window(encoded, window_fn, output_size=image_size, jpeg_downscale=jpeg_downscale)
     image = resize_to_uint8(image, image_size, "bicubic" if augment == "autoaug" else "bilinear")
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if random_flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if augment == "randaug":
         image = randaugment(image, augment_seed, magnitude=randaug_magnitude, num_layers=randaug_layers)
     elif augment == "autoaug":
