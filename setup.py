@@ -24,6 +24,7 @@ setuptools.setup(
         "matplotlib>=3.8",
         "pillow>=10",
         "importlib-resources>=6",
+        "tensorboard>=2.19",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "h5py>=3.10"],

@@ -1,0 +1,143 @@
+"""The trainer end to end on CPU: digits with a tiny variant, preemption, multi-host equivalence, bad input."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from efficientnetv2_jax.checkpoint import restore_variables, save_variables
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny, short, 2-stage run (16 -> 24 px) of the quickstart config.
+TINY_RUN = [
+    "--config.model.width=0.25", "--config.model.depth=0.25", "--config.batch_size=32", "--config.eval_batch_size=64",
+    "--config.total_steps=24", "--config.progressive.num_stages=2", "--config.progressive.base_image_size=8",
+    "--config.progressive.train_image_size=24", "--config.eval_image_size=24", "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=8", "--config.lr.warmup_epochs=0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One persistent compilation cache for every run of this module: restarts then skip recompiling."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def run_main(workdir, *overrides, cache_dir=None, devices=8, extra_flags=(), wait=True):
+    """Runs `python -m efficientnetv2_jax.main` on the digits config in a subprocess."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "efficientnetv2_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
+           *TINY_RUN, *overrides, *extra_flags]
+    if cache_dir:
+        cmd.append(f"--config.compilation_cache_dir={cache_dir}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    code, out = run_main(workdir, cache_dir=cache_dir)
+    assert code == 0, out[-3000:]
+    return workdir
+
+
+def test_digits_trains_evaluates_and_writes_summary(uninterrupted):
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    for key in ("eval_top1", "eval_top5", "steps", "wall_time_s", "images_per_sec", "stages"):
+        assert key in summary
+    assert summary["steps"] == 24 and 0.0 <= summary["eval_top1"] <= 1.0
+    assert summary["eval_top5"] >= summary["eval_top1"]
+    assert [s["image_size"] for s in summary["stages"]] == [16, 24]
+    assert [(s["start_step"], s["end_step"]) for s in summary["stages"]] == [(0, 12), (12, 24)]
+    for stage in summary["stages"]:
+        assert {"randaug_magnitude", "mixup_alpha", "dropout_rate", "train_seconds", "compile_seconds"} <= set(stage)
+        assert stage["train_seconds"] > 0 and stage["compile_seconds"] > 0
+    rows = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4])  # The loss falls.
+    assert (uninterrupted / "training_curves.png").stat().st_size > 10_000
+    assert list(uninterrupted.glob("events.out.tfevents.*"))  # TensorBoard events.
+
+
+def test_sigterm_mid_stage_then_restart_is_bitwise_equal_to_uninterrupted(uninterrupted, tmp_path, cache_dir):
+    workdir = tmp_path / "preempted"
+    proc = run_main(workdir, cache_dir=cache_dir, wait=False)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(json.loads(line).get("step", 0) >= 5 for line in metrics.read_text().splitlines()):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Preempted (SIGTERM)" in out
+    assert not (workdir / "summary.json").exists()
+    stopped_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert 5 <= stopped_at < 24
+
+    code, out = run_main(workdir, cache_dir=cache_dir)
+    assert code == 0, out[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == stopped_at and summary["steps"] == 24
+    for ema in (False, True):
+        resumed, reference = restore_variables(str(workdir), ema=ema), restore_variables(str(uninterrupted), ema=ema)
+        for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
+            np.testing.assert_array_equal(a, b)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, cache_dir):
+    single = tmp_path / "single"
+    code, out = run_main(single, "--config.total_steps=8", cache_dir=cache_dir, devices=4)
+    assert code == 0, out[-3000:]
+    multi = tmp_path / "multi"
+    address = f"localhost:{_free_port()}"
+    procs = [run_main(multi, "--config.total_steps=8", devices=2, wait=False,
+                      extra_flags=[f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"])
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o[-3000:]
+    assert json.loads((multi / "summary.json").read_text())["steps"] == 8
+    for a, b in zip(jax.tree.leaves(restore_variables(str(multi), ema=False)),
+                    jax.tree.leaves(restore_variables(str(single), ema=False))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _assert_one_line_error(code, out, pattern):
+    assert code != 0
+    lines = [line for line in out.strip().splitlines() if pattern in line]
+    assert lines, out[-2000:]
+    assert "Traceback" not in out, out[-2000:]
+
+
+def test_bad_inputs_fail_early_with_one_clear_line(tmp_path, cache_dir):
+    code, out = run_main(tmp_path / "a", "--config.batch_sise=64")
+    _assert_one_line_error(code, out, "batch_sise")
+    code, out = run_main(tmp_path / "b", "--config.batch_size=60")
+    _assert_one_line_error(code, out, "not divisible by the 8 devices")
+    code, out = run_main(tmp_path / "c", "--config.model.name=efficientnetv2-q")
+    _assert_one_line_error(code, out, "Unknown model 'efficientnetv2-q'")
+    other = tmp_path / "other_model"
+    save_variables(str(other), {"params": {"w": np.zeros(2)}, "batch_stats": {}}, model_name="efficientnetv2-s",
+                   num_classes=10)
+    code, out = run_main(tmp_path / "d", f"--config.init_from={other}", cache_dir=cache_dir)
+    _assert_one_line_error(code, out, "efficientnetv2-s")
