@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import finetune, imagenet1k
-from efficientnetv2_jax.train.progressive import make_stages
+from efficientnetv2_jax.train.progressive import PAPER_TABLE_6, make_stages
 
 ONE_K_STEPS = 107_336  # 350 epochs x 1,256,144 images // 4096.
 
@@ -94,4 +94,33 @@ def test_overrides_and_bad_input():
     config = imagenet1k.get_config("s")
     config.progressive.num_stages = 0
     with pytest.raises(ValueError, match="num_stages"):
+        make_stages(config, 100)
+
+
+def test_stage_bounds_come_from_the_config_and_tile_the_run():
+    config = imagenet1k.get_config("s")
+    assert int(config.total_epochs * 1_256_144 / config.batch_size) == ONE_K_STEPS
+    for total in (ONE_K_STEPS, 10, 7):
+        stages = make_stages(config, total)
+        assert [s.end_step for s in stages] == [int((k + 1) / 4 * total) for k in range(4)]
+        assert stages[0].start_step == 0 and stages[-1].end_step == total
+        assert all(a.end_step == b.start_step for a, b in zip(stages, stages[1:]))
+        assert [s.index for s in stages] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="num_stages"):
+        make_stages(config, 3)  # Fewer steps than stages.
+
+
+def test_paper_table_constant_and_its_single_stage():
+    for variant, (size, magnitude, mixup, dropout) in TABLE_6.items():
+        row = PAPER_TABLE_6[f"efficientnetv2-{variant}"]
+        assert (row.image_size, row.randaug_magnitude, row.mixup_alpha, row.dropout_rate) == (
+            size, magnitude, mixup, dropout)
+    config = imagenet1k.get_config("m")
+    config.progressive.recipe = "paper"
+    config.progressive.num_stages = 1
+    (stage,) = make_stages(config, 1000)
+    assert (stage.image_size, stage.randaug_magnitude, stage.mixup_alpha, stage.dropout_rate) == (380, 20, 0.2, 0.4)
+    config = imagenet1k.get_config("xl")
+    config.progressive.recipe = "paper"
+    with pytest.raises(ValueError, match="official"):  # Table 6 has no XL column.
         make_stages(config, 100)
