@@ -46,6 +46,17 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
         jax.distributed.initialize()
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with bad input (e.g. a misspelt --config.field) reported as one line, exit code 2."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as error:
+        text = str(error.args[0]) if isinstance(error, (AttributeError, KeyError)) and error.args else str(error)
+        message = " ".join(text.replace("\\n", " ").replace("\\'", "").split()).strip("'")
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -62,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

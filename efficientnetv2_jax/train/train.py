@@ -111,7 +111,7 @@ def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict, mesh
     """Exact metrics over the whole eval split (padding masked out)."""
     iterator = data_lib.make_eval_iterator(
         dataset=config.dataset.name, split=config.dataset.eval_split, image_size=image_size,
-        global_batch_size=config.eval_batch_size, mesh=mesh, data_dir=config.dataset.data_dir,
+        global_batch_size=config.eval_batch_size, mesh=mesh, data_dir=config.dataset.data_dir or None,
         resize_method="bicubic" if config.dataset.augment == "autoaug" else "bilinear",  # As in training.
         crop_rule=config.dataset.eval_crop_rule,
         normalize_multi_hot=config.loss != "sigmoid")
@@ -144,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     replicated = NamedSharding(mesh, P())
 
     # ------------------------------------------------------------------ data
-    info = data_lib.get_dataset_info(config.dataset.name, config.dataset.data_dir)
+    info = data_lib.get_dataset_info(config.dataset.name, config.dataset.data_dir or None)
     train_examples = info.split_sizes[config.dataset.train_split]
     steps_per_epoch = train_examples / config.batch_size
     total_steps = config.total_steps if config.total_steps > 0 else int(config.total_epochs * steps_per_epoch)
@@ -220,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 dataset=config.dataset.name, split=config.dataset.train_split, image_size=stage.image_size,
                 randaug_magnitude=stage.randaug_magnitude, mixup_alpha=stage.mixup_alpha,
                 cutmix_alpha=stage.cutmix_alpha, global_batch_size=config.batch_size, seed=config.seed,
-                start_step=step, mesh=mesh, augment=config.dataset.augment, data_dir=config.dataset.data_dir,
+                start_step=step, mesh=mesh, augment=config.dataset.augment, data_dir=config.dataset.data_dir or None,
                 area_range=tuple(config.dataset.crop_area_range), random_flip=config.dataset.random_flip,
                 normalize_multi_hot=config.loss != "sigmoid")
             reporter = ProgressReporter(total_steps=total_steps, start_step=step, batch_size=config.batch_size,
