@@ -105,21 +105,26 @@ def _free_port() -> int:
 
 
 def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, cache_dir):
+    short = ("--config.total_steps=6", "--config.progressive.num_stages=1", "--config.lr.base=0.016")
     single = tmp_path / "single"
-    code, out = run_main(single, "--config.total_steps=8", cache_dir=cache_dir, devices=4)
+    code, out = run_main(single, *short, cache_dir=cache_dir, devices=4)
     assert code == 0, out[-3000:]
     multi = tmp_path / "multi"
     address = f"localhost:{_free_port()}"
-    procs = [run_main(multi, "--config.total_steps=8", devices=2, wait=False,
+    procs = [run_main(multi, *short, devices=2, wait=False,
                       extra_flags=[f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"])
              for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, o in zip(procs, outs):
         assert p.returncode == 0, o[-3000:]
-    assert json.loads((multi / "summary.json").read_text())["steps"] == 8
-    for a, b in zip(jax.tree.leaves(restore_variables(str(multi), ema=False)),
-                    jax.tree.leaves(restore_variables(str(single), ema=False))):
+    assert json.loads((multi / "summary.json").read_text())["steps"] == 6
+    multi_vars, single_vars = restore_variables(str(multi), ema=False), restore_variables(str(single), ema=False)
+    for a, b in zip(jax.tree.leaves(multi_vars["params"]), jax.tree.leaves(single_vars["params"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # BN variances use the official E[x^2]-E[x]^2, whose cancellation makes them the most sensitive to the
+    # order of the cross-device sums; they still agree to 1e-4.
+    for a, b in zip(jax.tree.leaves(multi_vars["batch_stats"]), jax.tree.leaves(single_vars["batch_stats"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _assert_one_line_error(code, out, pattern):
