@@ -5,9 +5,10 @@
 Data: scikit-learn's 1,797 handwritten 8x8 digits (bundled with the package, no download), 1,437 train /
 360 test, upsampled by the pipeline. Model: EfficientNetV2-B0's block table at width 0.5 / depth 0.5 (the
 same block types, stem and head, ~1.3M parameters). 4 progressive stages, 20 -> 32 px, the official
-optimizer (TF1 RMSProp, warm-up + staircase decay, L2, label smoothing, EMA). Expected: about 98% test
-top-1 (EMA weights) in a few minutes on 2 CPU cores; summary.json, TensorBoard events and
-training_curves.png land in the workdir.
+optimizer (TF1 RMSProp, warm-up + staircase decay, L2, label smoothing) with a short EMA. Measured: 98.6% test
+top-1 (EMA weights) with seed 0 but 95.8% with seed 1 (the 360-image test set is noisy: 1 image = 0.28%);
+about 2.5-3 min on 2 CPU cores with a cold XLA cache, ~20 s of compilation per stage. summary.json,
+TensorBoard events and training_curves.png land in the workdir.
 """
 
 from configs.common import base_config
@@ -23,15 +24,15 @@ def get_config(arg: str | None = None):
     c.model.drop_connect_rate = 0.05
     c.dataset.augment = "none"  # Crop + resize; RandAugment's 100 px translations suit ImageNet sizes.
     c.dataset.random_flip = False  # A mirrored digit is another (or no) digit.
-    c.dataset.crop_area_range = (0.7, 1.0)
+    c.dataset.crop_area_range = (0.5, 1.0)
     c.dataset.eval_crop_rule = "full"
     c.batch_size = 64
     c.eval_batch_size = 64
     c.total_epochs = 60.0
-    c.lr.base = 0.016 * 4
+    c.lr.base = 0.016 * 2  # Peak 0.008 at batch 64; 0.016 peaks underfit (95-96%).
     c.lr.warmup_epochs = 2.0
-    c.lr.schedule = "cosine"  # Anneals to 0 within the short run; the official staircase suits 350 epochs.
-    c.ema_decay = 0.999
+    c.lr.schedule = "exponential"  # Official staircase (ends at ~0.5x peak); cosine scored 1-2 points lower.
+    c.ema_decay = 0.99  # ~100-step window: 0.999 would average in the earlier, smaller-image stages.
     c.progressive.base_image_size = 16
     c.progressive.train_image_size = 32
     c.eval_image_size = 32
