@@ -5,10 +5,11 @@
 Data: scikit-learn's 1,797 handwritten 8x8 digits (bundled with the package, no download), 1,437 train /
 360 test, upsampled by the pipeline. Model: EfficientNetV2-B0's block table at width 0.5 / depth 0.5 (the
 same block types, stem and head, ~1.3M parameters). 4 progressive stages, 28 -> 40 px, the official
-optimizer (TF1 RMSProp, warm-up + staircase decay, L2, label smoothing) with a short EMA. Measured: 96.9% (seed 0) and 98.9% (seed 1) test
-top-1 (EMA weights); the 360-image test set is noisy (1 image = 0.28%, seeds differ by ~2 points). About
-5 min on 2 shared, busy CPU cores with a cold XLA cache (~20-50 s of compilation per stage); less alone. summary.json,
-TensorBoard events and training_curves.png land in the workdir.
+optimizer (TF1 RMSProp, warm-up + staircase decay, L2, label smoothing) with a short EMA. Measured: 96.9%
+(seed 0) and 98.9% (seed 1) test top-1 (EMA weights); the 360-image test set is noisy (1 image = 0.28%,
+seeds differ by ~2 points). About 5 min on 2 shared, busy CPU cores with a cold XLA cache (~20-50 s of
+compilation per stage); less alone. summary.json, TensorBoard events and training_curves.png land in the
+workdir.
 """
 
 from configs.common import base_config
