@@ -1,0 +1,205 @@
+"""A trained model ready for inference: network, variables and eval preprocessing, from a checkpoint or weights file.
+
+Shared by the `predict`, `evaluate` and `export` commands so that all three build the network exactly as the
+trainer did (the checkpoint's config: width/depth overrides, dtype) and preprocess exactly as its eval did
+(the config's eval size, resize method and crop rule; the variant's official ones when there is no config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from efficientnetv2_jax import checkpoint as ckpt_lib
+from efficientnetv2_jax.models import EfficientNetV2, create_model, get_variant, normalize_images
+
+IMAGENET1K_CLASSES = 1000
+# TFDS moved the ImageNet label file (synset ids in class order) between releases; both places are tried.
+_IMAGENET_LABEL_FILES = ("datasets/imagenet2012/labels.txt", "image_classification/imagenet2012_labels.txt")
+
+
+class CliError(ValueError):
+    """Bad command-line input (missing checkpoint, unknown model, unreadable image): one line, exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPreprocessing:
+    """How eval images are made: square size, resize method and the official crop rule."""
+
+    image_size: int
+    resize_method: str
+    crop_rule: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A network with its variables, class count, eval preprocessing and the training config (if recorded)."""
+
+    model: EfficientNetV2
+    variables: dict
+    model_name: str
+    num_classes: int
+    preprocessing: EvalPreprocessing
+    config: ml_collections.ConfigDict | None
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset the checkpoint was trained on, when its config says so."""
+        return self.config.dataset.name if self.config is not None else None
+
+    def logits_fn(self, features: bool = False):
+        """uint8 (or [0, 255] float) NHWC images -> float32 logits, or pooled features; inference mode only."""
+        model, name = self.model, self.model_name
+
+        def apply(variables: dict, images: jax.Array) -> jax.Array:
+            x = normalize_images(images, name, model.dtype)
+            if features:
+                return model.apply(variables, x, train=False, return_endpoints=True)["pooled_features"]
+            return model.apply(variables, x, train=False).astype(jnp.float32)
+
+        return apply
+
+
+def eval_preprocessing(model_name: str, config: ml_collections.ConfigDict | None = None,
+                       image_size: int | None = None) -> EvalPreprocessing:
+    """The trainer's eval preprocessing for `config` (train.evaluate's rule), else the variant's official one."""
+    variant = get_variant(model_name)
+    if config is None:
+        size = image_size or variant.eval_size
+        return EvalPreprocessing(size, variant.resize_method, "v1" if variant.augment == "autoaug" else "v2")
+    size = image_size or config.eval_image_size or variant.eval_size
+    resize = "bicubic" if config.dataset.augment == "autoaug" else "bilinear"
+    return EvalPreprocessing(size, resize, config.dataset.eval_crop_rule)
+
+
+def build_network(model_name: str, num_classes: int, config: ml_collections.ConfigDict | None) -> EfficientNetV2:
+    """The trainer's network for `config` (same width/depth/dtype), else the official variant."""
+    if config is None:
+        return create_model(model_name, num_classes=num_classes)
+    from efficientnetv2_jax.train.train import build_model  # pylint: disable=import-outside-toplevel
+
+    return build_model(config, num_classes)
+
+
+def _num_classes(variables: dict) -> int:
+    """Classifier width of `variables`; 0 for a headless backbone."""
+    classifier = variables["params"].get("classifier")
+    return 0 if classifier is None else int(np.shape(classifier["bias"])[0])
+
+
+def _check_variables_fit(model: EfficientNetV2, variables: dict, source: str) -> None:
+    """Raises CliError naming the first leaf whose shape differs from what `model` expects."""
+    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    have = {jax.tree_util.keystr(p): tuple(np.shape(x))
+            for p, x in jax.tree_util.tree_flatten_with_path({k: variables[k] for k in expected})[0]}
+    for path in sorted(set(want) | set(have)):
+        if want.get(path) != have.get(path):
+            raise CliError(f"{source} does not fit {model.model_name} (width {model.width}, depth {model.depth}): "
+                           f"{path} is {have.get(path)} in the weights but {want.get(path)} in the model; "
+                           "pass the right --model.")
+
+
+def _resolve_model_name(recorded: str | None, requested: str | None, source: str) -> str:
+    """The checkpoint's model name, checked against --model; --model is required when none is recorded."""
+    try:
+        requested = get_variant(requested).name if requested else None
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    if recorded and requested and recorded != requested:
+        raise CliError(f"{source} holds a {recorded} checkpoint, not {requested}; drop --model or fix it.")
+    if not (recorded or requested):
+        raise CliError(f"{source} records no model name; pass --model.")
+    return recorded or requested
+
+
+def load_checkpoint(directory: str, model_name: str | None = None, *, step: int | None = None, ema: bool = True,
+                    image_size: int | None = None) -> LoadedModel:
+    """Loads a training workdir (EMA weights by default) or a save_variables directory for inference."""
+    path = epath.Path(directory)
+    if not path.is_dir():
+        raise CliError(f"Checkpoint directory {directory} does not exist.")
+    try:
+        metadata = ckpt_lib.restore_metadata(directory, step)
+        variables = ckpt_lib.restore_variables(directory, step, ema=ema)
+    except (ValueError, FileNotFoundError) as error:
+        raise CliError(str(error)) from error
+    name = _resolve_model_name(metadata.get("model_name"), model_name, directory)
+    config = ml_collections.ConfigDict(metadata["config"]) if metadata.get("config") else None
+    return _assemble(name, variables, config, image_size, directory, metadata.get("num_classes"))
+
+
+def load_weights(path: str, model_name: str | None = None, *, image_size: int | None = None) -> LoadedModel:
+    """Loads converted weights: a save_variables directory, or a Keras .h5/.keras file (official variant)."""
+    if epath.Path(path).is_dir():
+        return load_checkpoint(path, model_name, image_size=image_size)
+    if not epath.Path(path).exists():
+        raise CliError(f"Weights file {path} does not exist.")
+    name = _resolve_model_name(None, model_name, path)
+    from efficientnetv2_jax.convert import from_keras  # pylint: disable=import-outside-toplevel  # Keras on demand.
+
+    try:
+        variables = from_keras(path, name=name)
+    except (ValueError, OSError) as error:
+        raise CliError(f"Cannot read {path} as Keras {name} weights: {error}") from error
+    return _assemble(name, variables, None, image_size, path, None)
+
+
+def _assemble(name: str, variables: dict, config: ml_collections.ConfigDict | None, image_size: int | None,
+              source: str, num_classes: int | None) -> LoadedModel:
+    """Builds the network for `variables` and checks that every leaf fits it."""
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    num_classes = _num_classes(variables) if num_classes is None else int(num_classes)
+    if image_size is not None and image_size < 8:
+        raise CliError(f"Image size must be at least 8 pixels, got {image_size}.")
+    model = build_network(name, num_classes, config)
+    _check_variables_fit(model, variables, source)
+    return LoadedModel(model=model, variables=variables, model_name=name, num_classes=num_classes,
+                       preprocessing=eval_preprocessing(name, config, image_size), config=config)
+
+
+def imagenet1k_class_names() -> tuple[str, ...]:
+    """ImageNet-1k synset ids in class order from the label file TFDS ships, with descriptions if timm is present."""
+    root = importlib.resources.files("tensorflow_datasets")
+    for relative in _IMAGENET_LABEL_FILES:
+        label_file = root.joinpath(relative)
+        if label_file.is_file():
+            synsets = tuple(label_file.read_text().split())
+            break
+    else:
+        raise FileNotFoundError(f"TFDS ships no ImageNet label file at {_IMAGENET_LABEL_FILES}.")
+    try:
+        from timm.data import ImageNetInfo  # pylint: disable=import-outside-toplevel  # Optional: readable names.
+    except ImportError:
+        return synsets
+    info = ImageNetInfo()
+    return tuple(f"{synset} {info.label_name_to_description(synset)}" for synset in synsets)
+
+
+def class_names(loaded: LoadedModel) -> tuple[str, ...] | None:
+    """Names of the classifier's classes: the training dataset's, ImageNet-1k's, or None when unknown."""
+    dataset = loaded.dataset
+    if dataset and dataset != "imagenet2012":
+        from efficientnetv2_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+
+        try:
+            names = data_lib.get_dataset_info(dataset, loaded.config.dataset.data_dir or None).class_names
+        except Exception:  # pylint: disable=broad-except  # Dataset not prepared here: indices instead.
+            return None
+        return tuple(names) if names and len(names) == loaded.num_classes else None
+    if loaded.num_classes == IMAGENET1K_CLASSES and dataset in (None, "imagenet2012"):
+        return imagenet1k_class_names()
+    return None
+
+
+def replicated_variables(variables: Any, mesh: jax.sharding.Mesh) -> Any:
+    """The variables as float arrays replicated over `mesh`."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), variables)
