@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -129,6 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) the whole progressive training described by `config`; returns the summary."""
     # ------------------------------------------------------------------ setup
     wall_start = time.time()
+    if "://" not in workdir:  # Orbax needs absolute local paths; gs:// and other URLs pass through.
+        workdir = os.path.abspath(workdir)
     workdir_path = epath.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     enable_compilation_cache(config.compilation_cache_dir or default_cache_dir(workdir))
