@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import importlib.util
 from typing import Any
 
 import jax
@@ -175,12 +176,19 @@ def imagenet1k_class_names() -> tuple[str, ...]:
             break
     else:
         raise FileNotFoundError(f"TFDS ships no ImageNet label file at {_IMAGENET_LABEL_FILES}.")
-    try:
-        from timm.data import ImageNetInfo  # pylint: disable=import-outside-toplevel  # Optional: readable names.
-    except ImportError:
-        return synsets
-    info = ImageNetInfo()
-    return tuple(f"{synset} {info.label_name_to_description(synset)}" for synset in synsets)
+    lemmas = _timm_synset_lemmas()
+    return tuple(f"{synset} {lemmas[synset]}" if synset in lemmas else synset for synset in synsets)
+
+
+def _timm_synset_lemmas() -> dict[str, str]:
+    """{synset: 'tench, Tinca tinca'} from the data file timm ships, when installed (read, never imported)."""
+    spec = importlib.util.find_spec("timm")  # Finding does not import timm (which would import torch).
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    lemma_file = epath.Path(spec.submodule_search_locations[0]) / "data" / "_info" / "imagenet_synset_to_lemma.txt"
+    if not lemma_file.exists():
+        return {}
+    return dict(line.split("\t", 1) for line in lemma_file.read_text().splitlines() if "\t" in line)
 
 
 def class_names(loaded: LoadedModel) -> tuple[str, ...] | None:
