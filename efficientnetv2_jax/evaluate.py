@@ -28,12 +28,14 @@ from efficientnetv2_jax.train.state import TrainState
 DEFAULT_EVAL_BATCH = 256
 
 
-def eval_config(loaded: inference.LoadedModel, *, dataset: str | None, split: str, batch_size: int | None,
+def eval_config(loaded: inference.LoadedModel, *, dataset: str | None, split: str | None, batch_size: int | None,
                 data_dir: str | None) -> ml_collections.ConfigDict:
     """The fields train.evaluate reads: the checkpoint's config with the command's choices applied."""
     prep = loaded.preprocessing
     base = loaded.config
     dataset = dataset or loaded.dataset
+    same_dataset = base is not None and dataset == base.dataset.name
+    split = split or (base.dataset.eval_split if same_dataset else "eval")
     if not dataset:
         raise inference.CliError("The checkpoint records no dataset; pass --dataset.")
     batch = batch_size or (base.eval_batch_size if base is not None else DEFAULT_EVAL_BATCH)
@@ -54,7 +56,7 @@ def eval_config(loaded: inference.LoadedModel, *, dataset: str | None, split: st
 
 
 def evaluate_checkpoint(loaded: inference.LoadedModel, image_sizes: list[int] | None = None, *,
-                        dataset: str | None = None, split: str = "eval", batch_size: int | None = None,
+                        dataset: str | None = None, split: str | None = None, batch_size: int | None = None,
                         data_dir: str | None = None) -> dict[int, dict]:
     """{image size: eval_top1, eval_top5, eval_loss, eval_examples} over the whole split, for each size."""
     config = eval_config(loaded, dataset=dataset, split=split, batch_size=batch_size, data_dir=data_dir)
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="training workdir or variables dir")
     parser.add_argument("--model", help="variant; read from the checkpoint when recorded")
     parser.add_argument("--dataset", help="dataset name; default the one the checkpoint was trained on")
-    parser.add_argument("--split", default="eval", help="split alias or TFDS split string (default 'eval')")
+    parser.add_argument("--split", help="split alias or TFDS split string (default the config's eval split, 'eval')")
     parser.add_argument("--image-size", type=int, nargs="+", dest="image_sizes",
                         help="one or more eval sizes; default the checkpoint's (or variant's) eval size")
     parser.add_argument("--batch-size", type=int, help="global eval batch (default the config's, rounded to fit)")
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({str(size): metrics for size, metrics in results.items()}))
         return 0
     for size, metrics in results.items():
-        print(f"{loaded.model_name} {size}px {args.split}: top-1 {metrics['eval_top1']:.4f}  "
+        print(f"{loaded.model_name} {size}px: top-1 {metrics['eval_top1']:.4f}  "
               f"top-5 {metrics['eval_top5']:.4f}  loss {metrics['eval_loss']:.4f}  "
               f"({metrics['eval_examples']} images)")
     return 0

@@ -27,7 +27,7 @@ def tiny_config(eval_image_size: int = 32, crop_rule: str = "v2") -> ml_collecti
 
 
 def write_tiny_checkpoint(workdir: str, config: ml_collections.ConfigDict, seed: int = 0) -> None:
-    """Random weights with non-trivial BN statistics, saved as step 1 of a training workdir."""
+    """Random weights with non-trivial BN statistics and EMA weights that differ from them, saved as step 1."""
     model = build_model(config, NUM_CLASSES)
     variables = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, 32, 32, 3)), train=False))(jax.random.PRNGKey(seed))
     rng = np.random.default_rng(seed)
@@ -35,6 +35,8 @@ def write_tiny_checkpoint(workdir: str, config: ml_collections.ConfigDict, seed:
         lambda path, x: (rng.uniform(0.5, 1.5, x.shape) if path[-1].key == "var" else rng.normal(0, 0.1, x.shape))
         .astype(np.float32), variables["batch_stats"])
     state = TrainState.create(params=variables["params"], batch_stats=stats, tx=optax.identity())
+    state = state.replace(ema_params=jax.tree.map(lambda x: x * 1.1, state.params),
+                          ema_batch_stats=jax.tree.map(lambda x: x * 0.9, state.batch_stats))
     with Checkpointer(workdir, model_name=model.model_name, num_classes=NUM_CLASSES, config=config, keep_best=0,
                       async_save=False) as checkpointer:
         checkpointer.save(1, state, force=True)
