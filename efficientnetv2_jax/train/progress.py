@@ -85,8 +85,6 @@ class ProgressReporter:
         logger.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
 
     def close(self) -> None:
-        if self._pending:
-            self._pending = []
         if self._live:
             sys.stderr.write("\n")
         self._writer.flush()

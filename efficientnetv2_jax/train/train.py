@@ -63,7 +63,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, dropout_rat
     return create_model(mc.name, num_classes=num_classes, dropout_rate=rate, **overrides)
 
 
-def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, multi_label: bool):
+def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict):
     """One update: mix, forward in train mode, loss, gradients, optimizer, EMA; returns metrics too."""
     dtype = model.dtype
 
@@ -89,7 +89,6 @@ def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mult
                    "train_top1": losses.top1_accuracy(logits, labels, batch["mask"])}
         return new_state, metrics
 
-    del multi_label
     return train_step
 
 
@@ -191,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def compile_train_step(stage: progressive.Stage):
         stage_model = build_model(config, info.num_classes, stage.dropout_rate)
-        step_fn = jax.jit(make_train_step(stage_model, tx, schedule, config, info.multi_label),
+        step_fn = jax.jit(make_train_step(stage_model, tx, schedule, config),
                           donate_argnums=0, out_shardings=(replicated, replicated))
         batch_shapes = _train_batch_shapes(config, stage, info.num_classes, data_sharding)
         started = time.perf_counter()
