@@ -25,6 +25,7 @@ setuptools.setup(
         "pillow>=10",
         "importlib-resources>=6",
         "tensorboard>=2.19",
+        "cmeel-mimalloc==3.4.3; sys_platform == 'linux'",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "h5py>=3.10"],

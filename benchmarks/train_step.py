@@ -1,17 +1,24 @@
 """Images/s of one jitted EfficientNetV2 training step, ours vs timm's `tf_efficientnetv2_<v>` in the same run.
 
     python benchmarks/train_step.py --model s --image-size 128 --batch 32 [--steps 6] [--conv-impl auto]
+        [--allocators system,mimalloc]
 
 Our step: forward, backward, TF1 RMSProp (decay .9, momentum .9, eps 1e-3) with L2 on kernels, BN statistics,
 label smoothing 0.1, donated state; timed after warm-up as the median of several steps, plus compile time.
 timm's step (when torch and timm are importable): the same shapes in train mode, torch RMSprop with
-the same hyper-parameters and label smoothing. Prints both and the ratio ours/timm.
+the same hyper-parameters and label smoothing. Each (runner, allocator) pair runs in a fresh process, under
+glibc's malloc ('system') and under mimalloc (what our CLIs use on CPU, efficientnetv2_jax/allocator.py), so the
+table shows what the allocator buys each side. Prints every row and the ratios ours/timm.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -19,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from efficientnetv2_jax import allocator as allocator_lib
 from efficientnetv2_jax.models import create_model, get_variant, normalize_images
 
 
@@ -53,14 +61,16 @@ def time_ours(model_name: str, image_size: int, batch: int, steps: int, conv_imp
     t0 = time.perf_counter()
     compiled = jitted.lower(state, images, labels, jax.random.PRNGKey(1)).compile()
     compile_s = time.perf_counter() - t0
-    times = []
+    times, cpu_times = [], []
     for i in range(steps + 2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state, loss = compiled(state, images, labels, jax.random.PRNGKey(i))
         loss.block_until_ready()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     step_s = statistics.median(times[2:])
-    return {"step_s": step_s, "img_s": batch / step_s, "compile_s": compile_s}
+    return {"step_s": step_s, "img_s": batch / step_s, "compile_s": compile_s,
+            "cpu_s": statistics.median(cpu_times[2:])}
 
 
 def time_timm(model_name: str, image_size: int, batch: int, steps: int) -> dict | None:
@@ -87,6 +97,30 @@ def time_timm(model_name: str, image_size: int, batch: int, steps: int) -> dict 
     return {"step_s": step_s, "img_s": batch / step_s, "threads": torch.get_num_threads()}
 
 
+def _run_worker(args: argparse.Namespace, runner: str, allocator: str) -> dict | None:
+    """Times `runner` ('ours' or 'timm') in a fresh process under `allocator` ('system' or 'mimalloc')."""
+    command = [sys.executable, __file__, "--worker", runner, "--model", args.model, "--image-size",
+               str(args.image_size), "--batch", str(args.batch), "--steps", str(args.steps),
+               "--conv-impl", args.conv_impl, "--dtype", args.dtype]
+    env = dict(os.environ, **{allocator_lib.ENV_CHOICE: allocator})
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{runner} under {allocator} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """Child process: re-executes under the requested allocator, times one runner, prints one JSON line."""
+    allocator_lib.reexec_with_fast_allocator()
+    name = get_variant(args.model).name
+    if args.worker == "ours":
+        result = time_ours(name, args.image_size, args.batch, args.steps, args.conv_impl, args.dtype)
+    else:
+        result = time_timm(name, args.image_size, args.batch, args.steps)
+    print(json.dumps(dict(result or {}, allocator=allocator_lib.active_allocator(), available=result is not None)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="s")
@@ -95,20 +129,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "cpu"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--allocators", default="system,mimalloc",
+                        help="Comma-separated allocators to time each runner under (system, mimalloc).")
     parser.add_argument("--no-timm", action="store_true", help="Skip the timm comparison.")
+    parser.add_argument("--worker", choices=["ours", "timm"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    name = get_variant(args.model).name
-    print(f"{name} {args.image_size}px batch {args.batch} on {jax.devices()[0].platform} "
-          f"({jax.device_count()} device(s)), conv_impl={args.conv_impl}, dtype={args.dtype}")
-    ours = time_ours(name, args.image_size, args.batch, args.steps, args.conv_impl, args.dtype)
-    print(f"ours : {ours['img_s']:7.1f} img/s  ({ours['step_s'] * 1e3:.0f} ms/step, compile {ours['compile_s']:.1f} s)")
-    theirs = None if args.no_timm else time_timm(name, args.image_size, args.batch, args.steps)
-    if theirs is None:
-        print("timm : not measured (torch/timm not importable or --no-timm)")
+    if args.worker:
+        _worker(args)
         return
-    print(f"timm : {theirs['img_s']:7.1f} img/s  ({theirs['step_s'] * 1e3:.0f} ms/step, "
-          f"{theirs['threads']} torch threads)")
-    print(f"ratio ours/timm: {ours['img_s'] / theirs['img_s']:.2f}")
+    name = get_variant(args.model).name
+    allocators = args.allocators.split(",")
+    print(f"{name} {args.image_size}px batch {args.batch}, conv_impl={args.conv_impl}, dtype={args.dtype}; "
+          "each row a fresh process, run one after another")
+    results = {}
+    for allocator in allocators:
+        for runner in ("ours",) if args.no_timm else ("ours", "timm"):
+            result = _run_worker(args, runner, allocator)
+            if not result["available"]:
+                print(f"{runner:4s} {allocator:8s}: not measured (torch/timm not importable)")
+                continue
+            results[runner, allocator] = result
+            extra = (f"compile {result['compile_s']:.1f} s, CPU {result['cpu_s'] * 1e3:.0f} ms/step" if runner == "ours"
+                     else f"{result['threads']} torch threads")
+            print(f"{runner:4s} {result['allocator']:8s}: {result['img_s']:7.1f} img/s  "
+                  f"({result['step_s'] * 1e3:.0f} ms/step, {extra})")
+    for ours_alloc in allocators:
+        for timm_alloc in allocators:
+            if ("ours", ours_alloc) in results and ("timm", timm_alloc) in results:
+                ratio = results["ours", ours_alloc]["img_s"] / results["timm", timm_alloc]["img_s"]
+                print(f"ratio ours({ours_alloc}) / timm({timm_alloc}): {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from efficientnetv2_jax import allocator
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet1k.py:s.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and summary.json go (local path or gs://).")
@@ -73,4 +75,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    allocator.reexec_with_fast_allocator()
     app.run(main, flags_parser=parse_flags)

@@ -58,6 +58,7 @@ def test_digits_trains_evaluates_and_writes_summary(uninterrupted):
     for key in ("eval_top1", "eval_top5", "steps", "wall_time_s", "images_per_sec", "stages"):
         assert key in summary
     assert summary["steps"] == 24 and 0.0 <= summary["eval_top1"] <= 1.0
+    assert summary["allocator"] == "mimalloc"  # The CLI re-executed itself under mimalloc (CPU backend).
     assert summary["eval_top5"] >= summary["eval_top1"]
     assert [s["image_size"] for s in summary["stages"]] == [16, 24]
     assert [(s["start_step"], s["end_step"]) for s in summary["stages"]] == [(0, 12), (12, 24)]

@@ -23,6 +23,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from efficientnetv2_jax import allocator
 from efficientnetv2_jax import checkpoint as ckpt_lib
 from efficientnetv2_jax import data as data_lib
 from efficientnetv2_jax.data.mixing import apply_mixing
@@ -277,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "steps": step, "total_steps": total_steps, "model": variant.name, "dataset": config.dataset.name,
         "eval_image_size": eval_size, "wall_time_s": time.time() - wall_start,
         "images_per_sec": trained_images / train_seconds_total if train_seconds_total else 0.0,
-        "resumed_from_step": start_step, "stages": stage_records,
+        "allocator": allocator.active_allocator(), "resumed_from_step": start_step, "stages": stage_records,
     }
     if jax.process_index() == 0:
         (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2))
