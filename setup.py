@@ -25,6 +25,7 @@ setuptools.setup(
         "pillow>=10",
         "importlib-resources>=6",
         "tensorboard>=2.19",
+        "safetensors>=0.4",
         "cmeel-mimalloc==3.4.3; sys_platform == 'linux'",
     ],
     extras_require={

@@ -1,15 +1,22 @@
-"""CLI: `python -m efficientnetv2_jax.convert keras --model NAME --weights PATH --output DIR`.
+"""CLI: `python -m efficientnetv2_jax.convert {keras,tf,timm} ... --output DIR`.
 
 Writes an Orbax variables checkpoint (`efficientnetv2_jax.checkpoint.save_variables`) that the trainer reads
-with `--config.init_from=DIR`. One subcommand per weight source, so TF and timm importers can join as siblings.
+with `--config.init_from=DIR` and predict/evaluate/export read with `--checkpoint DIR`. One subcommand per
+weight source:
+    python -m efficientnetv2_jax.convert keras --model s --weights efficientnetv2-s.h5 --output DIR
+    python -m efficientnetv2_jax.convert tf --checkpoint efficientnetv2-s-21k-ft1k/ --output DIR [--no-ema]
+    python -m efficientnetv2_jax.convert timm --weights model.safetensors --output DIR [--model s]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from efficientnetv2_jax.convert.keras_weights import KERAS_CONSTRUCTORS, from_keras
+from efficientnetv2_jax.convert.tf_checkpoint import checkpoint_model_name, from_tf_checkpoint
+from efficientnetv2_jax.convert.timm_weights import from_timm, timm_model_name
 
 
 def _num_classes(variables: dict) -> int:
@@ -18,28 +25,63 @@ def _num_classes(variables: dict) -> int:
     return 0 if classifier is None else int(classifier["bias"].shape[0])
 
 
-def _keras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Converts a Keras weights file and writes it as a variables checkpoint."""
+def _convert_and_save(convert: Callable[[], tuple[str, dict]], source: str, args: argparse.Namespace) -> int:
+    """Runs `convert` () -> (model name, variables) and writes the result; conversion errors exit 1."""
     from efficientnetv2_jax import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax only when used.
-    from efficientnetv2_jax.models import get_variant  # pylint: disable=import-outside-toplevel
 
     try:
-        model_name = get_variant(args.model).name
-    except ValueError as error:
-        parser.error(str(error))
-    if model_name not in KERAS_CONSTRUCTORS:
-        parser.error(f"{model_name} has no Keras port; Keras variants: {', '.join(KERAS_CONSTRUCTORS)} "
-                     "(XL needs the TF checkpoint importer).")
-    try:
-        variables = from_keras(args.weights, name=model_name)
+        model_name, variables = convert()
         num_classes = _num_classes(variables)
         checkpoint.save_variables(args.output, variables, model_name=model_name, num_classes=num_classes,
                                   overwrite=args.overwrite)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"Wrote {model_name} ({num_classes} classes) from {args.weights} to {args.output}.")
+    print(f"Wrote {model_name} ({num_classes} classes) from {source} to {args.output}.")
     return 0
+
+
+def _model_name(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """The canonical variant name of --model (None when not given); an unknown name is a usage error."""
+    from efficientnetv2_jax.models import get_variant  # pylint: disable=import-outside-toplevel
+
+    if args.model is None:
+        return None
+    try:
+        return get_variant(args.model).name
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _keras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Converts a Keras weights file."""
+    model_name = _model_name(args, parser)
+    if model_name not in KERAS_CONSTRUCTORS:
+        parser.error(f"{model_name} has no Keras port; Keras variants: {', '.join(KERAS_CONSTRUCTORS)} "
+                     "(XL: use the `tf` subcommand on the official checkpoint).")
+    return _convert_and_save(lambda: (model_name, from_keras(args.weights, name=model_name)), args.weights, args)
+
+
+def _tf(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Converts an official TF checkpoint; the variant is read from its variable names."""
+    model_name = _model_name(args, parser)
+
+    def convert() -> tuple[str, dict]:
+        variables = from_tf_checkpoint(args.checkpoint, name=model_name, ema=not args.no_ema)
+        return checkpoint_model_name(args.checkpoint), variables
+
+    return _convert_and_save(convert, args.checkpoint, args)
+
+
+def _timm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Converts a timm tf_efficientnetv2 state dict; the variant is inferred from its layout when not given."""
+    model_name = _model_name(args, parser)
+
+    def convert() -> tuple[str, dict]:
+        variables = from_timm(args.weights, name=model_name)
+        return model_name or timm_model_name(args.weights), variables
+
+    return _convert_and_save(convert, args.weights, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     keras = sources.add_parser("keras", help="keras.applications EfficientNetV2 weights (.h5, .weights.h5, .keras)")
     keras.add_argument("--model", required=True, help=f"variant: {', '.join(KERAS_CONSTRUCTORS)} (or b0, s, ...)")
     keras.add_argument("--weights", required=True, help="the Keras weights file")
-    keras.add_argument("--output", required=True, help="output directory (local path or gs://)")
-    keras.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     keras.set_defaults(run=_keras)
+    tf = sources.add_parser("tf", help="official TF checkpoints (efficientnetv2-<v>[-21k|-21k-ft1k] directories)")
+    tf.add_argument("--checkpoint", required=True, help="checkpoint directory or prefix")
+    tf.add_argument("--model", help="variant; read from the checkpoint's variable names when omitted")
+    tf.add_argument("--no-ema", action="store_true", help="use the raw variables, not their EMA shadows")
+    tf.set_defaults(run=_tf)
+    timm = sources.add_parser("timm", help="timm tf_efficientnetv2_* state dicts (.safetensors; .pth/.bin need torch)")
+    timm.add_argument("--weights", required=True, help="the state-dict file")
+    timm.add_argument("--model", help="variant; inferred from the state dict's layout when omitted")
+    timm.set_defaults(run=_timm)
+    for subparser in (keras, tf, timm):
+        subparser.add_argument("--output", required=True, help="output directory (local path or gs://)")
+        subparser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     return parser
 
 

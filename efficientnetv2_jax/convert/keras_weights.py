@@ -13,11 +13,11 @@ import os
 import re
 from typing import Any
 
-import jax
 import numpy as np
 from flax import traverse_util
 
-from efficientnetv2_jax.models import create_model, get_variant
+from efficientnetv2_jax.convert.target import target_leaves
+from efficientnetv2_jax.models import get_variant
 from efficientnetv2_jax.models.variants import VariantSpec, round_repeats
 
 # Our variant name -> the keras.applications constructor (Keras has no XL).
@@ -39,7 +39,6 @@ _BLOCK_LAYERS = {"expand_conv": "expand_conv", "expand_bn": "expand_bn", "dwconv
                  "se/reduce": "se_reduce", "se/expand": "se_expand", "project_conv": "project_conv",
                  "project_bn": "project_bn"}
 _BN_WEIGHTS = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
-_PART_ORDER = ("conv", "expand_conv", "expand_bn", "dwconv", "bn", "se", "project_conv", "project_bn")
 _KERAS_BLOCK_RE = re.compile(r"^(block\d+[a-z]_)")
 
 
@@ -48,8 +47,7 @@ def _keras_variant(name: str) -> VariantSpec:
     variant = get_variant(name)
     if variant.name not in KERAS_CONSTRUCTORS:
         raise ValueError(f"{variant.name} has no Keras port (keras.applications stops at -l); import it from the "
-                         "official TF checkpoint with the TF checkpoint importer instead (planned: "
-                         "`python -m efficientnetv2_jax.convert tf`). Keras variants: "
+                         "official TF checkpoint instead (`python -m efficientnetv2_jax.convert tf`). Keras variants: "
                          f"{', '.join(KERAS_CONSTRUCTORS)}.")
     return variant
 
@@ -102,35 +100,22 @@ def _keras_weight(layers: dict, layer_name: str, leaf: str, our_path: str) -> tu
     return f"{layer_name}/{weight_name}", np.asarray(weights[weight_name].numpy(), dtype=np.float32)
 
 
-def _network_order(path: tuple[str, ...]) -> tuple:
-    """Sort key: params before batch_stats, then layers in network order, so errors name the earliest layer."""
-    collection, module, part = path[0], path[1], path[2]
-    rank = {"stem": -1, "head": 10**6, "classifier": 10**6 + 1}.get(module)
-    rank = int(module[len("blocks_"):]) if rank is None else rank
-    return collection != "params", rank, _PART_ORDER.index(part) if part in _PART_ORDER else 0, path
-
-
 def _convert_model(model: Any, variant: VariantSpec) -> dict:
     """Fills every leaf of our variables from the Keras model, checking shapes and that no Keras weight is left."""
-    num_classes = _keras_num_classes(model)
-    ours = create_model(variant.name, num_classes=num_classes)
-    shapes = jax.eval_shape(ours.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
     prefixes = keras_block_prefixes(variant)
     layers = {layer.name: layer for layer in model.layers}
     used: set[str] = set()
     flat = {}
-    leaves = traverse_util.flatten_dict(shapes)
-    for path in sorted(leaves, key=_network_order):
-        target = leaves[path]
+    for path, target_shape in target_leaves(variant.name, _keras_num_classes(model)):
         _, *module, leaf = path
         our_path = "/".join(path)
         layer_name = _keras_layer_name("/".join(module), prefixes)
         keras_path, value = _keras_weight(layers, layer_name, leaf, our_path)
         if module[-1] == "dwconv":  # Keras depthwise kernels are (k, k, C, 1); ours are (k, k, 1, C).
             value = value.transpose(0, 1, 3, 2)
-        if value.shape != tuple(target.shape):
+        if value.shape != target_shape:
             raise ValueError(f"Shape mismatch: Keras {keras_path} has shape {value.shape} but our {our_path} of "
-                             f"{variant.name} needs {tuple(target.shape)}.")
+                             f"{variant.name} needs {target_shape}.")
         flat[path] = value
         used.add(keras_path)
     unused = [f"{layer.name}/{w.name}" for layer in model.layers for w in layer.weights
