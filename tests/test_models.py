@@ -143,9 +143,9 @@ def test_conv_formulations_agree_on_outputs_and_gradients():
 
 
 @pytest.mark.parametrize("size,stride,kernel", [(9, 1, 3), (9, 2, 3), (8, 2, 5), (7, 2, 3)])
-def test_depthwise_and_pointwise_formulations_match_lax_conv(size, stride, kernel):
+def test_depthwise_pointwise_and_dense_formulations_match_lax_conv(size, stride, kernel):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 6))
-    for depthwise, k in ((True, kernel), (False, 1)):
+    for depthwise, k in ((True, kernel), (False, 1), (False, kernel)):
         outs = {}
         for impl in ("xla", "cpu"):
             layer = Conv(6, k, stride, depthwise=depthwise, conv_impl=impl)

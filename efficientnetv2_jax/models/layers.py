@@ -2,9 +2,10 @@
 
 The parameters are identical whichever formulation computes a layer, so weights move freely between them:
 - 'xla': everything through `lax.conv_general_dilated` (native depthwise on TPU/GPU).
-- 'cpu': 1x1 convolutions as matrix products and depthwise convolutions as k*k shifted multiply-adds. XLA:CPU
-  runs a grouped convolution's backward pass as a dense convolution, which makes the plain form several times
-  slower there (see benchmarks/conv_formulations.py).
+- 'cpu': 1x1 convolutions as matrix products, depthwise convolutions as k*k shifted multiply-adds, dense kxk
+  convolutions through lax.conv with the kernel gradient as k*k matrix products. XLA:CPU runs a grouped
+  convolution's backward pass as a dense convolution, which makes the plain form several times slower there
+  (`python benchmarks/train_step.py --conv-impl xla` vs `auto`).
 - 'auto' (default): 'cpu' on the CPU backend, 'xla' elsewhere.
 """
 
@@ -70,19 +71,21 @@ def _pointwise_dot(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return flat.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
+def _strided_windows(xp: jax.Array, k: int, out_h: int, out_w: int, stride: int) -> list[jax.Array]:
+    """The k*k (N, out_h, out_w, C) windows of a padded input that a kxk convolution reads, row-major."""
+    n, _, _, c = xp.shape
+    return [lax.slice(xp, (0, i, j, 0), (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                      (1, stride, stride, 1))
+            for i in range(k) for j in range(k)]
+
+
 def _shifted_sum(x: jax.Array, kernel: jax.Array, out_h: int, out_w: int, stride: int) -> jax.Array:
     """sum_ij x[:, i::stride, j::stride][:out_h, :out_w] * kernel[i, j, 0]: a depthwise correlation."""
-    n, _, _, c = x.shape
     k = kernel.shape[0]
     out = None
-    for i in range(k):
-        for j in range(k):
-            window = lax.slice(
-                x, (0, i, j, 0), (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-                (1, stride, stride, 1),
-            )
-            term = window * kernel[i, j, 0]
-            out = term if out is None else out + term
+    for index, window in enumerate(_strided_windows(x, k, out_h, out_w, stride)):
+        term = window * kernel[index // k, index % k, 0]
+        out = term if out is None else out + term
     return out
 
 
@@ -122,20 +125,40 @@ def _depthwise_bwd(stride, residuals, g):
     ])
     dilated = dilated[:, pad_top:pad_top + h + k - 1, pad_left:pad_left + w + k - 1]
     dx = _shifted_sum(dilated, kernel[::-1, ::-1], h, w, 1)
-    n, _, _, c = x.shape
-    rows = []
-    for i in range(k):
-        for j in range(k):
-            window = lax.slice(
-                xp, (0, i, j, 0), (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-                (1, stride, stride, 1),
-            )
-            rows.append(jnp.sum((window * g).astype(jnp.float32), axis=(0, 1, 2)))
+    rows = [jnp.sum((window * g).astype(jnp.float32), axis=(0, 1, 2))
+            for window in _strided_windows(xp, k, out_h, out_w, stride)]
     dkernel = jnp.stack(rows).reshape(kernel.shape).astype(kernel.dtype)
     return dx, dkernel
 
 
 _depthwise_shifted.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """Dense kxk 'SAME' convolution through lax.conv whose kernel gradient is k*k matrix products over the input
+    windows: XLA:CPU's own kernel-gradient convolution runs at a fraction of its forward speed (a whole S step
+    is ~8% faster this way, B0 ~4%; benchmarks/train_step.py)."""
+    return _conv_xla(x, kernel, stride, 1)
+
+
+def _dense_conv_fwd(x, kernel, stride):
+    return _conv_xla(x, kernel, stride, 1), (x, kernel)
+
+
+def _dense_conv_bwd(stride, residuals, g):
+    """dx through XLA's transposed convolution; dkernel[i, j] = window_ij^T @ g with batch and space flattened."""
+    x, kernel = residuals
+    k, _, in_ch, out_ch = kernel.shape
+    dx = jax.vjp(lambda x_: _conv_xla(x_, kernel, stride, 1), x)[1](g)[0]
+    xp, out_h, out_w = _pad_same(x, k, stride)
+    g2 = g.reshape(-1, out_ch)
+    dkernel = jnp.stack([window.reshape(-1, in_ch).T @ g2
+                         for window in _strided_windows(xp, k, out_h, out_w, stride)])
+    return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
 
 
 class Conv(nn.Module):
@@ -164,7 +187,7 @@ class Conv(nn.Module):
         elif k == 1:
             y = _pointwise_dot(x, kernel, self.stride)
         else:
-            y = _conv_xla(x, kernel, self.stride, 1)
+            y = _dense_conv(x, kernel, self.stride)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (y.shape[-1],), jnp.float32).astype(self.dtype)
         return y
