@@ -42,14 +42,16 @@ class TrainOrder:
         self._lock = threading.Lock()
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """The example order of ``epoch`` (cached for the two most recent epochs)."""
+        """The example order of ``epoch``, cached for the 4 most recently used epochs. Least recently *used*, not
+        lowest-numbered, is evicted: parallel readers of a tiny dataset run several epochs ahead of each other."""
         with self._lock:
-            if epoch not in self._permutations:
-                rng = np.random.default_rng([self.seed, epoch])
-                self._permutations[epoch] = rng.permutation(self.num_examples).astype(np.int64)
-                for old in sorted(self._permutations)[:-2]:
-                    del self._permutations[old]
-            return self._permutations[epoch]
+            permutation = self._permutations.pop(epoch, None)
+            if permutation is None:
+                permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples).astype(np.int64)
+            self._permutations[epoch] = permutation  # Dicts keep insertion order: most recently used last.
+            while len(self._permutations) > 4:
+                del self._permutations[next(iter(self._permutations))]
+            return permutation
 
     def host_examples(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(example indices [b], per-example stateless seeds [b, 2]) of this host at global step ``step``."""
