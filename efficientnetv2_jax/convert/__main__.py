@@ -15,8 +15,8 @@ import sys
 from typing import Callable
 
 from efficientnetv2_jax.convert.keras_weights import KERAS_CONSTRUCTORS, from_keras
-from efficientnetv2_jax.convert.tf_checkpoint import checkpoint_model_name, from_tf_checkpoint
-from efficientnetv2_jax.convert.timm_weights import from_timm, timm_model_name
+from efficientnetv2_jax.convert.tf_checkpoint import read_tf_checkpoint
+from efficientnetv2_jax.convert.timm_weights import read_timm
 
 
 def _num_classes(variables: dict) -> int:
@@ -65,23 +65,14 @@ def _keras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _tf(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Converts an official TF checkpoint; the variant is read from its variable names."""
     model_name = _model_name(args, parser)
-
-    def convert() -> tuple[str, dict]:
-        variables = from_tf_checkpoint(args.checkpoint, name=model_name, ema=not args.no_ema)
-        return checkpoint_model_name(args.checkpoint), variables
-
-    return _convert_and_save(convert, args.checkpoint, args)
+    return _convert_and_save(lambda: read_tf_checkpoint(args.checkpoint, name=model_name, ema=not args.no_ema),
+                             args.checkpoint, args)
 
 
 def _timm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Converts a timm tf_efficientnetv2 state dict; the variant is inferred from its layout when not given."""
     model_name = _model_name(args, parser)
-
-    def convert() -> tuple[str, dict]:
-        variables = from_timm(args.weights, name=model_name)
-        return model_name or timm_model_name(args.weights), variables
-
-    return _convert_and_save(convert, args.weights, args)
+    return _convert_and_save(lambda: read_timm(args.weights, name=model_name), args.weights, args)
 
 
 def build_parser() -> argparse.ArgumentParser:

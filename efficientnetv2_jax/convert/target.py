@@ -29,3 +29,12 @@ def target_leaves(model_name: str, num_classes: int) -> tuple[tuple[tuple[str, .
     shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
     leaves = traverse_util.flatten_dict(shapes)
     return tuple((path, tuple(leaves[path].shape)) for path in sorted(leaves, key=_network_order))
+
+
+def block_parts(paths) -> dict[str, set[str]]:
+    """{'blocks_N': the names of our modules inside that block} for flattened variable paths."""
+    parts: dict[str, set[str]] = {}
+    for path in paths:
+        if path[1].startswith("blocks_"):
+            parts.setdefault(path[1], set()).add(path[2])
+    return parts

@@ -22,7 +22,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from efficientnetv2_jax.convert.target import target_leaves
+from efficientnetv2_jax.convert.target import block_parts, target_leaves
 from efficientnetv2_jax.models import get_variant, list_models
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
@@ -60,11 +60,7 @@ def official_names(model_name: str, num_classes: int) -> dict[tuple[str, ...], s
 
 
 def _official_names(model_name: str, leaves: list[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
-    block_parts: dict[str, set[str]] = {}
-    for path in leaves:
-        if path[1].startswith("blocks_"):
-            block_parts.setdefault(path[1], set()).add(path[2])
-    layer_names = {block: _block_layer_names(sorted(parts)) for block, parts in block_parts.items()}
+    layer_names = {block: _block_layer_names(sorted(parts)) for block, parts in block_parts(leaves).items()}
     top = {"stem": {"conv": "conv2d", "bn": "tpu_batch_normalization"},
            "head": {"conv": "conv2d", "bn": "tpu_batch_normalization"}}
     names = {}
@@ -82,20 +78,21 @@ def _official_names(model_name: str, leaves: list[tuple[str, ...]]) -> dict[tupl
     return names
 
 
-def _checkpoint_prefix(path: str) -> str:
-    """A checkpoint prefix from a directory (its `checkpoint` file, else its only `*.index`) or a prefix."""
+def _reader(path: str):
+    """A checkpoint reader for a directory (its `checkpoint` file, else its only `*.index`) or a prefix."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  # TensorFlow only when converting.
 
+    path = os.fspath(path)
     if os.path.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         indexes = [name[:-len(".index")] for name in sorted(os.listdir(path)) if name.endswith(".index")]
         if latest is None and len(indexes) != 1:
             raise ValueError(f"{path} holds no TF checkpoint (no `checkpoint` file and {len(indexes)} *.index "
                              "files); pass the checkpoint prefix, e.g. <dir>/model.ckpt-12345.")
-        return latest or os.path.join(path, indexes[0])
-    if not os.path.exists(path + ".index"):
+        path = latest or os.path.join(path, indexes[0])
+    elif not os.path.exists(path + ".index"):
         raise ValueError(f"TF checkpoint {path} does not exist (neither a directory nor a prefix with .index).")
-    return path
+    return tf.train.load_checkpoint(path)
 
 
 def _model_name(shapes: dict[str, list[int]]) -> str:
@@ -108,19 +105,14 @@ def _model_name(shapes: dict[str, list[int]]) -> str:
     return found[0]
 
 
-def _reader(path: str):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel  # TensorFlow only when converting.
-
-    return tf.train.load_checkpoint(_checkpoint_prefix(os.fspath(path)))
-
-
-def checkpoint_model_name(path: str) -> str:
-    """The variant an official checkpoint (directory or prefix) holds, e.g. 'efficientnetv2-s'."""
-    return _model_name(_reader(path).get_variable_to_shape_map())
-
-
 def from_tf_checkpoint(path: str, name: str | None = None, ema: bool = True) -> dict:
     """{'params', 'batch_stats'} (numpy float32) for `create_model(name, num_classes)` from an official checkpoint.
+    See `read_tf_checkpoint`."""
+    return read_tf_checkpoint(path, name, ema)[1]
+
+
+def read_tf_checkpoint(path: str, name: str | None = None, ema: bool = True) -> tuple[str, dict]:
+    """(variant name, {'params', 'batch_stats'} in numpy float32) from an official checkpoint.
 
     `path` is a checkpoint directory or prefix. The variant comes from the variables' name prefix (`name`, when
     given, must agree), the class count from `head/dense/kernel` (0 when the checkpoint has no classifier). With
@@ -152,4 +144,4 @@ def from_tf_checkpoint(path: str, name: str | None = None, ema: bool = True) -> 
     if unused:
         raise ValueError(f"The checkpoint has {len(unused)} model variable(s) that {model_name} has no place for, "
                          f"e.g. {unused[0]}.")
-    return traverse_util.unflatten_dict(flat)
+    return model_name, traverse_util.unflatten_dict(flat)

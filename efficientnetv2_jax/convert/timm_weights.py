@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 from flax import traverse_util
 
-from efficientnetv2_jax.convert.target import target_leaves
+from efficientnetv2_jax.convert.target import block_parts, target_leaves
 from efficientnetv2_jax.models import get_variant, list_models
 from efficientnetv2_jax.models.variants import round_repeats
 
@@ -56,11 +56,6 @@ def _block_keys(model_name: str) -> list[str]:
             for index in range(round_repeats(spec.repeats, variant.depth))]
 
 
-def timm_model_name(path: str) -> str:
-    """The variant a timm state-dict file holds, from its block layout and widths."""
-    return _infer_model_name(load_state_dict(os.fspath(path)))
-
-
 def _infer_model_name(state: Mapping[str, np.ndarray]) -> str:
     """The variant with the same block layout and stem/head widths as the state dict."""
     blocks = {".".join(key.split(".")[:3]) for key in state if key.startswith("blocks.")}
@@ -75,7 +70,7 @@ def _infer_model_name(state: Mapping[str, np.ndarray]) -> str:
                      f"({len(blocks)} blocks); pass the variant name.")
 
 
-def _timm_key(path: tuple[str, ...], block_keys: list[str], block_parts: dict[str, set[str]]) -> str:
+def _timm_key(path: tuple[str, ...], block_keys: list[str], parts_of: dict[str, set[str]]) -> str:
     """The timm key holding our leaf `path` (e.g. ('params', 'blocks_5', 'dwconv', 'kernel') -> ...conv_dw.weight)."""
     _, module, part, *rest = path
     leaf = rest[-1] if rest else part
@@ -84,7 +79,7 @@ def _timm_key(path: tuple[str, ...], block_keys: list[str], block_parts: dict[st
     if module in ("stem", "head"):
         layer = _TOP[module, part]
     else:
-        parts = block_parts[module]
+        parts = parts_of[module]
         kind = _MBCONV if "dwconv" in parts else _FUSED if "expand_conv" in parts else _FUSED_NO_EXPANSION
         layer = f"{block_keys[int(module[len('blocks_'):])]}.{_SE[rest[0]] if part == 'se' else kind[part]}"
     torch_leaf = _BN[leaf] if part.endswith("bn") or part == "bn" else ("weight" if leaf == "kernel" else leaf)
@@ -102,6 +97,12 @@ def _to_ours(value: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
 
 def from_timm(path_or_state_dict: str | Mapping[str, np.ndarray], name: str | None = None) -> dict:
     """{'params', 'batch_stats'} (numpy float32) for `create_model(name, num_classes)` from a timm state dict.
+    See `read_timm`."""
+    return read_timm(path_or_state_dict, name)[1]
+
+
+def read_timm(path_or_state_dict: str | Mapping[str, np.ndarray], name: str | None = None) -> tuple[str, dict]:
+    """(variant name, {'params', 'batch_stats'} in numpy float32) from a timm state dict.
 
     `path_or_state_dict` is a file (`.safetensors`, `.pth`, `.pt`, `.bin`) or a mapping of numpy arrays. The
     variant is inferred from the block layout and widths when `name` is None, the class count from `classifier`.
@@ -112,14 +113,11 @@ def from_timm(path_or_state_dict: str | Mapping[str, np.ndarray], name: str | No
     model_name = get_variant(name).name if name is not None else _infer_model_name(state)
     num_classes = int(state["classifier.bias"].shape[0]) if "classifier.bias" in state else 0
     targets = dict(target_leaves(model_name, num_classes))
-    block_parts: dict[str, set[str]] = {}
-    for path in targets:
-        if path[1].startswith("blocks_"):
-            block_parts.setdefault(path[1], set()).add(path[2])
+    parts_of = block_parts(targets)
     block_keys = _block_keys(model_name)
     flat, used = {}, set()
     for path, target_shape in targets.items():
-        key = _timm_key(path, block_keys, block_parts)
+        key = _timm_key(path, block_keys, parts_of)
         if key not in state:
             raise ValueError(f"The state dict has no {key} (needed for {'/'.join(path)} of {model_name}).")
         value = _to_ours(np.asarray(state[key], dtype=np.float32), path)
@@ -132,4 +130,4 @@ def from_timm(path_or_state_dict: str | Mapping[str, np.ndarray], name: str | No
     if unused:
         raise ValueError(f"The state dict has {len(unused)} tensor(s) that {model_name} has no place for, e.g. "
                          f"{unused[0]}: is it really timm's tf_{model_name.replace('-', '_')}?")
-    return traverse_util.unflatten_dict(flat)
+    return model_name, traverse_util.unflatten_dict(flat)
