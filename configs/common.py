@@ -56,6 +56,9 @@ Experiment files (`configs/<family>.py:<arg>`) call `base_config` and change wha
   init_from               a checkpoint dir (a training workdir or a converter output) to start from; the
                           classifier is re-initialised when its class count differs
   compilation_cache_dir   persistent XLA compilation cache ('' = <workdir>/../jax_compilation_cache)
+  xla_cpu_scheduler       on the CPU backend: 'memory_optimized' (ours: one op at a time on all threads, an S
+                          step ~1.4x faster on 2 vCPUs) or 'xla_default' (XLA's concurrency-optimised order, or
+                          what XLA_FLAGS says); no effect on TPU/GPU and never on the numerics
 """
 
 from __future__ import annotations
@@ -113,4 +116,5 @@ def base_config(model: str, dataset: str) -> ml_collections.ConfigDict:
     c.preemption_sync_every_steps = 10
     c.init_from = ""
     c.compilation_cache_dir = ""
+    c.xla_cpu_scheduler = "memory_optimized"
     return c

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficientnetv2_jax.models import create_model, get_variant, list_models, normalize_images
+from efficientnetv2_jax.models import compiler_options, create_model, get_variant, list_models, normalize_images
 from efficientnetv2_jax.models.complexity import count_macs
 from efficientnetv2_jax.models.layers import BatchNorm, Conv, dense_kernel_init
 from efficientnetv2_jax.models.summary import main as summary_main
@@ -140,6 +140,20 @@ def test_conv_formulations_agree_on_outputs_and_gradients():
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
     assert_trees_close(grads, ref_grads)
+
+
+def test_cpu_scheduler_option_is_per_backend_and_keeps_the_numerics():
+    assert compiler_options(backend="cpu") == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    assert compiler_options("xla_default", backend="cpu") == {}
+    assert compiler_options(backend="tpu") == compiler_options(backend="gpu") == {}
+    with pytest.raises(ValueError, match="valid choices: memory_optimized, xla_default"):
+        compiler_options("fastest")
+    model, variables, x = _tiny_setup("cpu")
+    step = lambda v, x: _loss_and_grads(model, v, x)  # noqa: E731
+    tuned = jax.jit(step, compiler_options=compiler_options(backend="cpu"))(variables, x)
+    default = jax.jit(step)(variables, x)
+    np.testing.assert_allclose(tuned[0], default[0], rtol=1e-6)
+    assert_trees_close(tuned[1], default[1])
 
 
 @pytest.mark.parametrize("size,stride,kernel", [(9, 1, 3), (9, 2, 3), (8, 2, 5), (7, 2, 3)])

@@ -1,4 +1,5 @@
-"""EfficientNetV2 model zoo: `list_models()`, `create_model(name, num_classes, **overrides)`, `normalize_images`."""
+"""EfficientNetV2 model zoo: `list_models()`, `create_model(name, num_classes, **overrides)`, `normalize_images`,
+and `compiler_options()` for jitting a step fast on every backend."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from efficientnetv2_jax.models.compile_options import CPU_SCHEDULERS, compiler_options
 from efficientnetv2_jax.models.efficientnetv2 import EfficientNetV2
 from efficientnetv2_jax.models.layers import CONV_IMPLS
 from efficientnetv2_jax.models.normalization import normalize_images
@@ -33,4 +35,5 @@ def create_model(name: str, num_classes: int = 1000, **overrides) -> EfficientNe
     return EfficientNetV2(model_name=variant.name, num_classes=num_classes, **overrides)
 
 
-__all__ = ["EfficientNetV2", "VariantSpec", "create_model", "get_variant", "list_models", "normalize_images"]
+__all__ = ["CPU_SCHEDULERS", "EfficientNetV2", "VariantSpec", "compiler_options", "create_model", "get_variant",
+           "list_models", "normalize_images"]

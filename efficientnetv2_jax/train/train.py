@@ -27,7 +27,7 @@ from efficientnetv2_jax import allocator
 from efficientnetv2_jax import checkpoint as ckpt_lib
 from efficientnetv2_jax import data as data_lib
 from efficientnetv2_jax.data.mixing import apply_mixing
-from efficientnetv2_jax.models import create_model, get_variant, normalize_images
+from efficientnetv2_jax.models import compiler_options, create_model, get_variant, normalize_images
 from efficientnetv2_jax.train import losses, optimizer, plots, progressive
 from efficientnetv2_jax.train.compilation_cache import default_cache_dir, enable_compilation_cache
 from efficientnetv2_jax.train.preemption import PreemptionWatcher
@@ -157,6 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # ------------------------------------------------------------------ model and optimizer
     model = build_model(config, info.num_classes)
+    jit_options = compiler_options(config.xla_cpu_scheduler)
     schedule = optimizer.make_lr_schedule(config, steps_per_epoch)
     tx = optimizer.make_optimizer(config, steps_per_epoch)
 
@@ -191,14 +192,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def compile_train_step(stage: progressive.Stage):
         stage_model = build_model(config, info.num_classes, stage.dropout_rate)
-        step_fn = jax.jit(make_train_step(stage_model, tx, schedule, config),
-                          donate_argnums=0, out_shardings=(replicated, replicated))
+        step_fn = jax.jit(make_train_step(stage_model, tx, schedule, config), donate_argnums=0,
+                          out_shardings=(replicated, replicated), compiler_options=jit_options)
         batch_shapes = _train_batch_shapes(config, stage, info.num_classes, data_sharding)
         started = time.perf_counter()
         compiled = step_fn.lower(state, batch_shapes).compile()
         return compiled, time.perf_counter() - started
 
-    eval_fn = jax.jit(make_eval_step(model, config, info.multi_label), out_shardings=replicated)
+    eval_fn = jax.jit(make_eval_step(model, config, info.multi_label), out_shardings=replicated,
+                      compiler_options=jit_options)
 
     # ------------------------------------------------------------------ loop over progressive stages
     history = plots.MetricHistory(workdir)
