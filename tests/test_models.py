@@ -159,10 +159,11 @@ def test_cpu_scheduler_option_is_per_backend_and_keeps_the_numerics():
 @pytest.mark.parametrize("size,stride,kernel", [(9, 1, 3), (9, 2, 3), (8, 2, 5), (7, 2, 3)])
 def test_depthwise_pointwise_and_dense_formulations_match_lax_conv(size, stride, kernel):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 6))
-    for depthwise, k in ((True, kernel), (False, 1), (False, kernel)):
+    # Dense kxk both keeping the width (XLA's input gradient) and widening it 4x (the matrix-product one).
+    for depthwise, k, features in ((True, kernel, 6), (False, 1, 6), (False, kernel, 6), (False, kernel, 24)):
         outs = {}
         for impl in ("xla", "cpu"):
-            layer = Conv(6, k, stride, depthwise=depthwise, conv_impl=impl)
+            layer = Conv(features, k, stride, depthwise=depthwise, conv_impl=impl)
             params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)
             f = lambda p, x: jnp.sum(jnp.cos(layer.apply(p, x)))  # noqa: E731
             outs[impl] = (jax.jit(layer.apply)(params, x), jax.jit(jax.grad(f, argnums=(0, 1)))(params, x))

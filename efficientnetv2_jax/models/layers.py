@@ -3,7 +3,7 @@
 The parameters are identical whichever formulation computes a layer, so weights move freely between them:
 - 'xla': everything through `lax.conv_general_dilated` (native depthwise on TPU/GPU).
 - 'cpu': 1x1 convolutions as matrix products, depthwise convolutions as k*k shifted multiply-adds, dense kxk
-  convolutions through lax.conv with the kernel gradient as k*k matrix products. XLA:CPU runs a grouped
+  convolutions through lax.conv with a backward pass of matrix products. XLA:CPU runs a grouped
   convolution's backward pass as a dense convolution, which makes the plain form several times slower there
   (`python benchmarks/train_step.py --conv-impl xla` vs `auto`).
 - 'auto' (default): 'cpu' on the CPU backend, 'xla' elsewhere.
@@ -134,11 +134,29 @@ def _depthwise_bwd(stride, residuals, g):
 _depthwise_shifted.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+def _sum_windows(windows: jax.Array, padded_h: int, padded_w: int, stride: int) -> jax.Array:
+    """The adjoint of `_strided_windows`: adds window i*k+j of `windows` (N, out_h, out_w, k*k, C) back at its
+    place in a zero (N, padded_h, padded_w, C) padded input."""
+    _, out_h, out_w, kk, _ = windows.shape
+    k = int(round(kk ** 0.5))
+    total = None
+    for index in range(kk):
+        i, j = divmod(index, k)
+        placed = lax.pad(windows[:, :, :, index], jnp.zeros((), windows.dtype), [
+            (0, 0, 0),
+            (i, padded_h - i - (out_h - 1) * stride - 1, stride - 1),
+            (j, padded_w - j - (out_w - 1) * stride - 1, stride - 1),
+            (0, 0, 0),
+        ])
+        total = placed if total is None else total + placed
+    return total
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dense_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """Dense kxk 'SAME' convolution through lax.conv whose kernel gradient is k*k matrix products over the input
-    windows: XLA:CPU's own kernel-gradient convolution runs at a fraction of its forward speed (a whole S step
-    is ~8% faster this way, B0 ~4%; benchmarks/train_step.py)."""
+    """Dense kxk 'SAME' convolution through lax.conv with a backward pass of matrix products: XLA:CPU's own
+    kernel-gradient convolution runs at a fraction of its forward speed, and its input gradient is slow when the
+    convolution widens the channels (a whole S step is ~8% + ~5% faster this way; benchmarks/train_step.py)."""
     return _conv_xla(x, kernel, stride, 1)
 
 
@@ -147,15 +165,25 @@ def _dense_conv_fwd(x, kernel, stride):
 
 
 def _dense_conv_bwd(stride, residuals, g):
-    """dx through XLA's transposed convolution; dkernel[i, j] = window_ij^T @ g with batch and space flattened."""
+    """dkernel[i, j] = window_ij^T @ g with batch and space flattened. dx: for a widening convolution (the
+    Fused-MBConv expansions, out >= 2x in) one product g @ kernel^T gives every window's share, which is added
+    back into place; otherwise XLA's transposed convolution, faster there."""
     x, kernel = residuals
     k, _, in_ch, out_ch = kernel.shape
-    dx = jax.vjp(lambda x_: _conv_xla(x_, kernel, stride, 1), x)[1](g)[0]
+    n, h, w, _ = x.shape
     xp, out_h, out_w = _pad_same(x, k, stride)
     g2 = g.reshape(-1, out_ch)
+    if out_ch >= 2 * in_ch:
+        shares = (g2 @ kernel.transpose(3, 0, 1, 2).reshape(out_ch, k * k * in_ch)).reshape(
+            n, out_h, out_w, k * k, in_ch)
+        pad_top = same_padding(h, k, stride)[1][0]
+        pad_left = same_padding(w, k, stride)[1][0]
+        dx = _sum_windows(shares, xp.shape[1], xp.shape[2], stride)[:, pad_top:pad_top + h, pad_left:pad_left + w]
+    else:
+        dx = jax.vjp(lambda x_: _conv_xla(x_, kernel, stride, 1), x)[1](g)[0]
     dkernel = jnp.stack([window.reshape(-1, in_ch).T @ g2
                          for window in _strided_windows(xp, k, out_h, out_w, stride)])
-    return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+    return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
