@@ -158,9 +158,12 @@ def test_cpu_scheduler_option_is_per_backend_and_keeps_the_numerics():
 
 @pytest.mark.parametrize("size,stride,kernel", [(9, 1, 3), (9, 2, 3), (8, 2, 5), (7, 2, 3)])
 def test_depthwise_pointwise_and_dense_formulations_match_lax_conv(size, stride, kernel):
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 6))
-    # Dense kxk both keeping the width (XLA's input gradient) and widening it 4x (the matrix-product one).
-    for depthwise, k, features in ((True, kernel, 6), (False, 1, 6), (False, kernel, 6), (False, kernel, 24)):
+    # Dense kxk: 3 input channels (the stem's im2col), 12 kept (XLA's convolutions) and 12 widened 4x (the
+    # matrix-product input gradient).
+    cases = ((True, kernel, 6, 6), (False, 1, 6, 6), (False, kernel, 3, 24), (False, kernel, 12, 12),
+             (False, kernel, 12, 48))
+    for depthwise, k, in_ch, features in cases:
+        x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, in_ch))
         outs = {}
         for impl in ("xla", "cpu"):
             layer = Conv(features, k, stride, depthwise=depthwise, conv_impl=impl)

@@ -3,9 +3,9 @@
 The parameters are identical whichever formulation computes a layer, so weights move freely between them:
 - 'xla': everything through `lax.conv_general_dilated` (native depthwise on TPU/GPU).
 - 'cpu': 1x1 convolutions as matrix products, depthwise convolutions as k*k shifted multiply-adds, dense kxk
-  convolutions through lax.conv with a backward pass of matrix products. XLA:CPU runs a grouped
-  convolution's backward pass as a dense convolution, which makes the plain form several times slower there
-  (`python benchmarks/train_step.py --conv-impl xla` vs `auto`).
+  convolutions through lax.conv (im2col for the 3-channel stem) with a backward pass of matrix products.
+  XLA:CPU runs a grouped convolution's backward pass as a dense convolution, which makes the plain form
+  several times slower there (`python benchmarks/train_step.py --conv-impl xla` vs `auto`).
 - 'auto' (default): 'cpu' on the CPU backend, 'xla' elsewhere.
 """
 
@@ -152,22 +152,42 @@ def _sum_windows(windows: jax.Array, padded_h: int, padded_w: int, stride: int) 
     return total
 
 
+# Below this many input channels (the stem's 3) a kxk convolution runs as one matrix product over the gathered
+# windows (im2col): XLA:CPU's direct convolution of a 3-channel image is ~4x slower (S stem at 128 px).
+_IM2COL_MAX_CHANNELS = 7
+
+
+def _im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
+    """(N*out_h*out_w, k*k*C) rows of every output pixel's 'SAME' window, in the kernel's (i, j, c) order."""
+    xp, out_h, out_w = _pad_same(x, k, stride)
+    return jnp.concatenate(_strided_windows(xp, k, out_h, out_w, stride), axis=-1).reshape(-1, k * k * x.shape[-1])
+
+
+def _dense_conv_forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    k, _, in_ch, out_ch = kernel.shape
+    if in_ch > _IM2COL_MAX_CHANNELS:
+        return _conv_xla(x, kernel, stride, 1)
+    out_h, out_w = same_padding(x.shape[1], k, stride)[0], same_padding(x.shape[2], k, stride)[0]
+    return (_im2col(x, k, stride) @ kernel.reshape(-1, out_ch)).reshape(x.shape[0], out_h, out_w, out_ch)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dense_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """Dense kxk 'SAME' convolution through lax.conv with a backward pass of matrix products: XLA:CPU's own
-    kernel-gradient convolution runs at a fraction of its forward speed, and its input gradient is slow when the
-    convolution widens the channels (a whole S step is ~8% + ~5% faster this way; benchmarks/train_step.py)."""
-    return _conv_xla(x, kernel, stride, 1)
+    """Dense kxk 'SAME' convolution through lax.conv (im2col for a few input channels) with a backward pass of
+    matrix products: XLA:CPU's own kernel-gradient convolution runs at a fraction of its forward speed, and its
+    input gradient is slow when the convolution widens the channels (benchmarks/train_step.py)."""
+    return _dense_conv_forward(x, kernel, stride)
 
 
 def _dense_conv_fwd(x, kernel, stride):
-    return _conv_xla(x, kernel, stride, 1), (x, kernel)
+    return _dense_conv_forward(x, kernel, stride), (x, kernel)
 
 
 def _dense_conv_bwd(stride, residuals, g):
-    """dkernel[i, j] = window_ij^T @ g with batch and space flattened. dx: for a widening convolution (the
-    Fused-MBConv expansions, out >= 2x in) one product g @ kernel^T gives every window's share, which is added
-    back into place; otherwise XLA's transposed convolution, faster there."""
+    """dkernel[i, j] = window_ij^T @ g with batch and space flattened (one im2col product for a few input
+    channels). dx: for a widening convolution (the Fused-MBConv expansions, out >= 2x in) one product
+    g @ kernel^T gives every window's share, which is added back into place; otherwise XLA's transposed
+    convolution, faster there."""
     x, kernel = residuals
     k, _, in_ch, out_ch = kernel.shape
     n, h, w, _ = x.shape
@@ -181,8 +201,11 @@ def _dense_conv_bwd(stride, residuals, g):
         dx = _sum_windows(shares, xp.shape[1], xp.shape[2], stride)[:, pad_top:pad_top + h, pad_left:pad_left + w]
     else:
         dx = jax.vjp(lambda x_: _conv_xla(x_, kernel, stride, 1), x)[1](g)[0]
-    dkernel = jnp.stack([window.reshape(-1, in_ch).T @ g2
-                         for window in _strided_windows(xp, k, out_h, out_w, stride)])
+    if in_ch <= _IM2COL_MAX_CHANNELS:
+        dkernel = _im2col(x, k, stride).T @ g2
+    else:
+        dkernel = jnp.stack([window.reshape(-1, in_ch).T @ g2
+                             for window in _strided_windows(xp, k, out_h, out_w, stride)])
     return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
