@@ -57,7 +57,7 @@ Experiment files (`configs/<family>.py:<arg>`) call `base_config` and change wha
                           classifier is re-initialised when its class count differs
   compilation_cache_dir   persistent XLA compilation cache ('' = <workdir>/../jax_compilation_cache)
   xla_cpu_scheduler       on the CPU backend: 'memory_optimized' (ours: one op at a time on all threads, an S
-                          step ~1.4x faster on 2 vCPUs) or 'xla_default' (XLA's concurrency-optimised order, or
+                          step 1.2-1.35x faster on 2 vCPUs) or 'xla_default' (XLA's concurrency-optimised order, or
                           what XLA_FLAGS says); no effect on TPU/GPU and never on the numerics
 """
 

@@ -2,7 +2,7 @@
 
 XLA:CPU's default HLO scheduler orders a step to run independent ops at the same time, while each op is itself
 split across the same few threads; on a small CPU the threads then mostly wait on each other. Its memory-optimised
-scheduler runs the ops one after another, each on all threads, and makes an S training step ~1.4x faster on a
+scheduler runs the ops one after another, each on all threads, and makes an S training step 1.2-1.35x faster on a
 2-vCPU machine (`python benchmarks/train_step.py --cpu-schedulers memory_optimized,xla_default`). The option
 changes the order of operations only, never the numerics. On TPU and GPU nothing is passed.
 """
