@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Iterable
 
 import jax
 import numpy as np
@@ -31,7 +32,7 @@ def target_leaves(model_name: str, num_classes: int) -> tuple[tuple[tuple[str, .
     return tuple((path, tuple(leaves[path].shape)) for path in sorted(leaves, key=_network_order))
 
 
-def block_parts(paths) -> dict[str, set[str]]:
+def block_parts(paths: Iterable[tuple[str, ...]]) -> dict[str, set[str]]:
     """{'blocks_N': the names of our modules inside that block} for flattened variable paths."""
     parts: dict[str, set[str]] = {}
     for path in paths:

@@ -152,23 +152,23 @@ def _sum_windows(windows: jax.Array, padded_h: int, padded_w: int, stride: int) 
     return total
 
 
-# Below this many input channels (the stem's 3) a kxk convolution runs as one matrix product over the gathered
+# Up to this many input channels (the stem has 3) a kxk convolution runs as one matrix product over the gathered
 # windows (im2col): XLA:CPU's direct convolution of a 3-channel image is ~4x slower (S stem at 128 px).
 _IM2COL_MAX_CHANNELS = 7
 
 
-def _im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
-    """(N*out_h*out_w, k*k*C) rows of every output pixel's 'SAME' window, in the kernel's (i, j, c) order."""
-    xp, out_h, out_w = _pad_same(x, k, stride)
-    return jnp.concatenate(_strided_windows(xp, k, out_h, out_w, stride), axis=-1).reshape(-1, k * k * x.shape[-1])
+def _im2col(windows: list[jax.Array]) -> jax.Array:
+    """(N*out_h*out_w, k*k*C) rows of every output pixel's window, in the kernel's (i, j, c) order."""
+    return jnp.concatenate(windows, axis=-1).reshape(-1, len(windows) * windows[0].shape[-1])
 
 
 def _dense_conv_forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     k, _, in_ch, out_ch = kernel.shape
     if in_ch > _IM2COL_MAX_CHANNELS:
         return _conv_xla(x, kernel, stride, 1)
-    out_h, out_w = same_padding(x.shape[1], k, stride)[0], same_padding(x.shape[2], k, stride)[0]
-    return (_im2col(x, k, stride) @ kernel.reshape(-1, out_ch)).reshape(x.shape[0], out_h, out_w, out_ch)
+    xp, out_h, out_w = _pad_same(x, k, stride)
+    cols = _im2col(_strided_windows(xp, k, out_h, out_w, stride))
+    return (cols @ kernel.reshape(-1, out_ch)).reshape(x.shape[0], out_h, out_w, out_ch)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -201,11 +201,11 @@ def _dense_conv_bwd(stride, residuals, g):
         dx = _sum_windows(shares, xp.shape[1], xp.shape[2], stride)[:, pad_top:pad_top + h, pad_left:pad_left + w]
     else:
         dx = jax.vjp(lambda x_: _conv_xla(x_, kernel, stride, 1), x)[1](g)[0]
+    windows = _strided_windows(xp, k, out_h, out_w, stride)
     if in_ch <= _IM2COL_MAX_CHANNELS:
-        dkernel = _im2col(x, k, stride).T @ g2
+        dkernel = _im2col(windows).T @ g2
     else:
-        dkernel = jnp.stack([window.reshape(-1, in_ch).T @ g2
-                             for window in _strided_windows(xp, k, out_h, out_w, stride)])
+        dkernel = jnp.stack([window.reshape(-1, in_ch).T @ g2 for window in windows])
     return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
