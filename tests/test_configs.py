@@ -1,15 +1,20 @@
-"""Every config file and variant loads through `config_flags` as main.py does, overrides work, typos fail, and the
-official hyper-parameters (reference/official.md §2) are what the files say."""
+"""Every config file and variant loads through `main.load_config` (the one path of main and the TPU launcher),
+overrides work, typos fail with one line from any working directory, and the official hyper-parameters
+(reference/official.md §2) are what the files say."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from efficientnetv2_jax.main import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 CONTRACT = ("model.name", "dataset.name", "batch_size", "total_epochs", "total_steps", "seed",
             "checkpoint_every_steps", "eval_every_steps", "progressive.num_stages", "init_from")
 EVERY_CONFIG = ([f"imagenet1k.py:{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l", "xl")]
@@ -19,13 +24,8 @@ EVERY_CONFIG = ([f"imagenet1k.py:{v}" for v in ("b0", "b1", "b2", "b3", "s", "m"
 
 
 def parse(config: str, *overrides: str):
-    """The config as main.py's `DEFINE_config_file(..., lock_config=True)` builds it from a command line."""
-    argv = ["main", f"--config={CONFIGS / config}", *overrides]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "Config file.", flag_values=flag_values, lock_config=True,
-                                    sys_argv=argv)
-    flag_values(argv)
-    return flag_values.config
+    """The config as main.py builds it from `--config=configs/<config> <overrides>`."""
+    return load_config(f"{CONFIGS / config}", overrides)
 
 
 def field(config, dotted: str):
@@ -55,16 +55,45 @@ def test_command_line_overrides():
 
 
 def test_misspelt_field_is_an_error():
-    with pytest.raises(AttributeError, match="batch_size"):  # The message suggests the right name.
+    with pytest.raises(ConfigError, match="^unknown config field 'batch_sise'; Did you mean \"batch_size\""):
         parse("imagenet1k.py:s", "--config.batch_sise=1")
-    with pytest.raises(flags.IllegalFlagValueError):
+    with pytest.raises(ConfigError, match="^flag --config.batch_size=many: invalid literal for int"):
         parse("imagenet1k.py:s", "--config.batch_size=many")
+    with pytest.raises(ConfigError, match="^unexpected arguments: extra"):
+        parse("imagenet1k.py:s", "extra")
 
 
 @pytest.mark.parametrize("bad", ["imagenet1k.py:s9", "finetune.py:s,cifar10,extra", "imagenet21k.py:b7"])
 def test_bad_config_argument_is_an_error(bad):
-    with pytest.raises(flags.IllegalFlagValueError):
+    with pytest.raises(ConfigError, match=f"^--config={CONFIGS / bad}: "):
         parse(bad)
+
+
+def test_missing_config_names_the_closest_file():
+    with pytest.raises(ConfigError, match=f"^config file {CONFIGS}/digit.py not found; did you mean "
+                                          f"{CONFIGS}/digits.py\\?$"):
+        load_config(f"{CONFIGS}/digit.py")
+
+
+def test_configs_load_from_any_working_directory(tmp_path):
+    """`from configs.common import ...` inside a config works with the file's full path from another folder."""
+    probe = f"from efficientnetv2_jax.main import load_config; print(load_config({str(CONFIGS / 'digits.py')!r}).batch_size)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert (done.returncode, done.stdout) == (0, "64\n"), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("config, message", [
+    ("configs/digit.py", "config file configs/digit.py not found (relative to {cwd}); did you mean configs/digits.py?"),
+    ("configs/digits.py:q", "--config=configs/digits.py:q: configs/digits.py takes no argument, got 'q'."),
+])
+def test_main_reports_a_bad_config_in_one_line_with_exit_2(tmp_path, config, message):
+    env = {**os.environ, "EFFICIENTNETV2_JAX_ALLOCATOR": "system"}
+    done = subprocess.run([sys.executable, "-m", "efficientnetv2_jax.main", f"--config={config}",
+                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2
+    assert done.stderr == "error: " + message.format(cwd=ROOT) + "\n"
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("variant", ["b0", "b1", "b2", "b3", "s", "m", "l", "xl"])
@@ -97,9 +126,10 @@ def test_imagenet21k_official_hyperparameters(variant):
     assert parse(f"imagenet21k.py:{variant}", "--config.loss=sigmoid").loss == "sigmoid"
 
 
-@pytest.mark.parametrize("arg,size", [("s,cifar10", 384), ("l,imagenet2012", 480), ("b2,oxford_flowers102", 256),
-                                      ("b3,cars196", 288), ("xl,cifar100", 512)])
-def test_finetune_official_hyperparameters(arg, size):
+@pytest.mark.parametrize("arg,size,eval_size", [("s,cifar10", 384, 384), ("l,imagenet2012", 480, 480),
+                                                ("b2,oxford_flowers102", 256, 260), ("b3,cars196", 288, 300),
+                                                ("xl,cifar100", 512, 512)])
+def test_finetune_official_hyperparameters(arg, size, eval_size):
     c = parse(f"finetune.py:{arg}")
     variant, dataset = arg.split(",")
     assert c.model.name == f"efficientnetv2-{variant}" and c.dataset.name == dataset
@@ -107,7 +137,8 @@ def test_finetune_official_hyperparameters(arg, size):
     assert (c.lr.schedule, c.lr.base, c.lr.warmup_epochs, c.ema_decay) == ("constant", 0.0005, 1, 0.9996)
     assert (c.weight_decay, c.label_smoothing, c.model.dropout_rate, c.model.drop_connect_rate) == (
         1e-5, 0.1, 1e-6, 0.2)
-    assert (c.progressive.num_stages, c.progressive.train_image_size, c.eval_image_size) == (1, size, size)
+    # Official isize=1.0: train at the eval size rounded down to a multiple of 16, eval at the unrounded one.
+    assert (c.progressive.num_stages, c.progressive.train_image_size, c.eval_image_size) == (1, size, eval_size)
     assert (c.progressive.randaug_magnitude, c.progressive.mixup_alpha, c.progressive.cutmix_alpha) == (0, 0, 0)
     assert c.dataset.augment == "finetune"
 
