@@ -21,6 +21,9 @@ Experiment files (`configs/<family>.py:<arg>`) call `base_config` and change wha
   dataset.crop_area_range min/max area fraction of the random crop (V2 0.05-1, V1 0.08-1)
   dataset.random_flip     the official random horizontal flip (off where mirroring changes the class)
   dataset.eval_crop_rule  'v2' (centre crop s/(s+32) only below 320 px), 'v1' (B0-B3 crop), 'full' (resize)
+  dataset.jpeg_downscale  False (official): decode JPEGs at full resolution. True: decode a crop window at least
+                          2x/4x/8x the output on both sides at libjpeg's 1/2, 1/4, 1/8 DCT scale (faster, not the
+                          official pixels; figures in the README, Input pipeline)
   batch_size              global train batch (divisible by the device count); the LR scales with it
   eval_batch_size         global eval batch (divisible by the device count)
   total_epochs            training length in epochs of the train split
@@ -88,7 +91,7 @@ def base_config(model: str, dataset: str) -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(
         name=dataset, data_dir="", train_split="train", eval_split="eval", augment=variant.augment,
         crop_area_range=(0.08, 1.0) if v1_style else (0.05, 1.0), random_flip=True,
-        eval_crop_rule="v1" if v1_style else "v2"))
+        eval_crop_rule="v1" if v1_style else "v2", jpeg_downscale=False))
     c.batch_size = 4096
     c.eval_batch_size = 1024
     c.total_epochs = 350.0

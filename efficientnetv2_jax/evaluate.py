@@ -48,7 +48,7 @@ def eval_config(loaded: inference.LoadedModel, *, dataset: str | None, split: st
         "dataset": {"name": dataset, "eval_split": split,
                     "data_dir": data_dir if data_dir is not None else (base.dataset.data_dir if base else ""),
                     "augment": "autoaug" if prep.resize_method == "bicubic" else "randaug",  # Picks the resize.
-                    "eval_crop_rule": prep.crop_rule},
+                    "eval_crop_rule": prep.crop_rule, "jpeg_downscale": prep.jpeg_downscale},
         "eval_batch_size": math.ceil(batch / devices) * devices,
         "eval_with_ema": False,  # The loaded variables already are the EMA ones when the checkpoint has them.
         "loss": base.loss if base is not None else "softmax",

@@ -8,7 +8,9 @@ Signatures, both taking `images`: uint8 [batch, height, width, 3], any batch and
                       classifier: round_filters(1280, width), e.g. 1280 for S/M/L/XL and B0, 1408 for B2)
 Preprocessing is inside, in TF: the checkpoint's eval crop rule and resize to its eval size (the same ops as
 `data.preprocessing.eval_image` uses) followed by the variant's normalisation inside the JAX function. The
-network runs in inference mode only: BN with its moving statistics, no dropout, no random ops.
+network runs in inference mode only: BN with its moving statistics, no dropout, no random ops. The signatures
+take decoded pixels, so a checkpoint's opt-in `dataset.jpeg_downscale` (a JPEG decode option) has no
+effect here: the SavedModel matches `predict` for checkpoints with the official full-resolution decode.
 """
 
 from __future__ import annotations

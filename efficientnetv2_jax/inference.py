@@ -32,11 +32,12 @@ class CliError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocessing:
-    """How eval images are made: square size, resize method and the official crop rule."""
+    """How eval images are made: square size, resize method, the official crop rule, opt-in JPEG DCT downscale."""
 
     image_size: int
     resize_method: str
     crop_rule: str
+    jpeg_downscale: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,8 @@ def eval_preprocessing(model_name: str, config: ml_collections.ConfigDict | None
         return EvalPreprocessing(size, variant.resize_method, "v1" if variant.augment == "autoaug" else "v2")
     size = image_size or config.eval_image_size or variant.eval_size
     resize = "bicubic" if config.dataset.augment == "autoaug" else "bilinear"
-    return EvalPreprocessing(size, resize, config.dataset.eval_crop_rule)
+    return EvalPreprocessing(size, resize, config.dataset.eval_crop_rule,
+                             bool(config.dataset.get("jpeg_downscale", False)))
 
 
 def build_network(model_name: str, num_classes: int, config: ml_collections.ConfigDict | None) -> EfficientNetV2:

@@ -49,7 +49,8 @@ def load_images(paths: list[str], preprocessing: inference.EvalPreprocessing) ->
         try:
             encoded = tf.io.read_file(path)
             image = eval_image(encoded, image_size=preprocessing.image_size,
-                               resize_method=preprocessing.resize_method, crop_rule=preprocessing.crop_rule)
+                               resize_method=preprocessing.resize_method, crop_rule=preprocessing.crop_rule,
+                               jpeg_downscale=preprocessing.jpeg_downscale)
         except (tf.errors.OpError, ValueError) as error:
             raise inference.CliError(f"Cannot read image {path}: {_tf_error_text(error)}") from error
         images.append(image.numpy())

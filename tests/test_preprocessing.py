@@ -1,9 +1,11 @@
-"""Train/eval preprocessing: shapes, formats, determinism and the official eval crop rules."""
+"""Train/eval preprocessing: shapes, formats, determinism, the official eval crop rules, and real photos
+(tests/photos.py) against a reference written here: full-resolution decode, crop, resize with plain TF ops."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import photos
 from efficientnetv2_jax.data import preprocessing
 
 
@@ -82,19 +84,135 @@ def test_centre_crop_window_official_numbers():
     np.testing.assert_array_equal(preprocessing.centre_crop_window(224, False)(shape).numpy(), [23, 86, 328, 328])
 
 
-def test_jpeg_crop_decode_matches_full_decode_and_downscale_is_close(photo):
-    big = np.kron(photo, np.ones((4, 4, 1), np.uint8))  # 480x640, smooth
-    encoded = tf.io.encode_jpeg(big, quality=95)
-    full = preprocessing.eval_image(encoded, image_size=56, crop_rule="full", jpeg_downscale=False).numpy()
-    scaled = preprocessing.eval_image(encoded, image_size=56, crop_rule="full", jpeg_downscale=True).numpy()
-    assert np.abs(full.astype(int) - scaled.astype(int)).mean() < 3.0
-    reference = expected_eval(tf.io.decode_jpeg(encoded).numpy(), 56, (0, 0, 480, 640))
-    np.testing.assert_array_equal(full, reference)
-
-
 def test_crop_and_flip_only_path_with_full_area_is_resize_or_its_mirror(photo):
     encoded = tf.io.encode_png(photo)
     whole = expected_eval(photo, 24, (0, 0, 120, 160))
     outs = [preprocessing.train_image(encoded, seed(s), image_size=24, augment="none", randaug_magnitude=0.0,
                                       area_range=(1.0, 1.0)).numpy() for s in range(8)]
     assert {o.tobytes() for o in outs} == {whole.tobytes(), whole[:, ::-1].tobytes()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real photos vs an independent reference: the official decode_image (full resolution) -> crop -> resize.
+# ---------------------------------------------------------------------------------------------------------
+
+MIN_SHARE_WITHIN_ONE_LEVEL = 0.999
+
+
+def reference_resize(pixels: np.ndarray, size: int, method: str) -> np.ndarray:
+    """Official resize of a uint8 crop, float32 output: tf.image.resize bilinear, or TF1 resize_bicubic."""
+    image = tf.constant(pixels, tf.float32)
+    if method == "bilinear":
+        return tf.image.resize(image, [size, size], method="bilinear").numpy()
+    return tf.raw_ops.ResizeBicubic(images=image[None], size=[size, size], align_corners=False,
+                                    half_pixel_centers=False)[0].numpy()
+
+
+def reference_eval(data: bytes, size: int, crop_rule: str, method: str) -> np.ndarray:
+    """Official eval: decode fully, centre crop int(S/(S+32) * short side) (v2: only below 320 px), resize."""
+    pixels = tf.io.decode_jpeg(data, channels=3).numpy()
+    height, width = pixels.shape[:2]
+    if crop_rule == "v1" or size < 320:
+        crop = int(np.float32(size / (size + 32)) * np.float32(min(height, width)))
+        extra = 1 if crop_rule == "v1" else 0
+        top, left = (height - crop + extra) // 2, (width - crop + extra) // 2
+        pixels = pixels[top:top + crop, left:left + crop]
+    return reference_resize(pixels, size, method)
+
+
+def reference_train_window(data: bytes, seed: tf.Tensor, area_range=(0.05, 1.0)) -> tuple[int, int, int, int]:
+    """The official V2 crop (sample_distorted_bounding_box, aspect 0.75-1.33, 100 attempts) with the crop seed."""
+    crop_seed = tf.random.experimental.stateless_split(seed, num=3)[0]
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.io.extract_jpeg_shape(data), tf.zeros([1, 0, 4]), seed=crop_seed, min_object_covered=0.0,
+        aspect_ratio_range=(0.75, 1.33), area_range=area_range, max_attempts=100,
+        use_image_if_no_bounding_boxes=True)
+    return int(begin[0]), int(begin[1]), int(size[0]), int(size[1])
+
+
+def assert_close_to_reference(ours: np.ndarray, reference: np.ndarray, what: str) -> None:
+    """ours within 1 grey level of the float reference on >= 99.9% of values (uint8: overshoot is clipped)."""
+    assert ours.shape == reference.shape, what
+    within = np.abs(ours.astype(np.float32) - np.clip(reference, 0.0, 255.0)) <= 1.0
+    assert within.mean() >= MIN_SHARE_WITHIN_ONE_LEVEL, f"{what}: only {within.mean():.4f} within 1 level"
+
+
+@pytest.mark.parametrize("name", sorted(photos.SIZES))
+def test_eval_images_of_real_photos_equal_the_full_resolution_reference(name):
+    data = photos.photo_bytes()[name]
+    for size, crop_rule, method in [(224, "v2", "bilinear"), (384, "v2", "bilinear"), (480, "v2", "bilinear"),
+                                    (240, "v1", "bicubic"), (300, "v1", "bicubic")]:
+        ours = preprocessing.eval_image(tf.constant(data), image_size=size, resize_method=method,
+                                        crop_rule=crop_rule).numpy()
+        assert_close_to_reference(ours, reference_eval(data, size, crop_rule, method),
+                                  f"{name} eval {size} px {crop_rule}")
+
+
+@pytest.mark.parametrize("name", sorted(photos.SIZES))
+def test_random_train_crops_of_real_photos_equal_the_full_resolution_reference(name):
+    data = photos.photo_bytes()[name]
+    full = tf.io.decode_jpeg(data, channels=3).numpy()
+    for index, size in enumerate((128, 160, 192, 256, 300, 384)):
+        for seed_value in range(3):
+            seed = tf.constant([seed_value, index], tf.int64)
+            ours = preprocessing.train_image(tf.constant(data), seed, image_size=size, augment="none",
+                                             randaug_magnitude=0.0, random_flip=False).numpy()
+            top, left, height, width = reference_train_window(data, seed)
+            reference = reference_resize(full[top:top + height, left:left + width], size, "bilinear")
+            assert_close_to_reference(ours, reference, f"{name} train {size} px seed {seed_value}")
+
+
+@pytest.mark.parametrize("name", ["small", "landscape", "grey"])
+def test_jpeg_window_decode_has_the_pixels_of_the_whole_image_decode(name):
+    data = photos.photo_bytes()[name]
+    full = tf.io.decode_jpeg(data, channels=3).numpy()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        height, width = rng.integers(8, full.shape[0] + 1), rng.integers(8, full.shape[1] + 1)
+        top, left = rng.integers(0, full.shape[0] - height + 1), rng.integers(0, full.shape[1] - width + 1)
+        window = tf.constant([top, left, height, width], tf.int32)
+        ours = preprocessing.decode_window(data, lambda shape, window=window: window, output_size=8).numpy()
+        np.testing.assert_array_equal(ours, full[top:top + height, left:left + width])
+
+
+@pytest.mark.parametrize(("height", "width", "output", "scale"), [
+    (40, 40, 64, 1),       # smaller than the output: full resolution (never 1/8)
+    (127, 500, 64, 1),     # one side under 2x
+    (128, 128, 64, 2),
+    (300, 256, 64, 4),
+    (511, 2000, 64, 4),
+    (512, 513, 64, 8),
+    (4000, 4000, 64, 8),   # 8 is the coarsest libjpeg scale
+])
+def test_jpeg_decode_scale_needs_both_sides_at_least_twice_the_output(height, width, output, scale):
+    window = tf.constant([3, 5, height, width], tf.int32)
+    assert int(preprocessing.jpeg_decode_scale(window, output)) == scale
+
+
+def reference_scaled_decode(data: bytes, window: tuple[int, int, int, int], scale: int) -> np.ndarray:
+    """libjpeg's DCT-scaled decode of the whole image, then the window on the scaled grid."""
+    top, left, height, width = (value // scale for value in window)
+    return tf.io.decode_jpeg(data, channels=3, ratio=scale).numpy()[top:top + height, left:left + width]
+
+
+def test_opt_in_downscale_only_for_windows_twice_the_output_on_both_sides():
+    data = photos.photo_bytes()["large"]  # 1400 x 1050
+    full = tf.io.decode_jpeg(data, channels=3).numpy()
+    scaled_by = {}
+    for index in range(24):
+        seed = tf.constant([index, 7], tf.int64)
+        size = (128, 192, 256, 300)[index % 4]
+        window = reference_train_window(data, seed)
+        scale = max([1] + [s for s in (2, 4, 8) if min(window[2:]) >= s * size])
+        ours = preprocessing.train_image(tf.constant(data), seed, image_size=size, augment="none",
+                                         randaug_magnitude=0.0, random_flip=False, jpeg_downscale=True).numpy()
+        reference = reference_resize(reference_scaled_decode(data, window, scale), size, "bilinear")
+        assert_close_to_reference(ours, reference, f"window {window} at {size} px, scale {scale}")
+        scaled_by[scale] = scaled_by.get(scale, 0) + 1
+    assert set(scaled_by) == {1, 2, 4}, scaled_by  # every case met (8 needs windows >= 1024 px at 128)
+    # At the 2x boundary of the whole 1050-row image: 525 px decodes at 1/2, 526 px at full resolution.
+    at_half = preprocessing.eval_image(data, image_size=525, crop_rule="full", jpeg_downscale=True).numpy()
+    half_reference = reference_resize(reference_scaled_decode(data, (0, 0, 1050, 1400), 2), 525, "bilinear")
+    assert_close_to_reference(at_half, half_reference, "525 px, 1/2 scale")
+    above = preprocessing.eval_image(data, image_size=526, crop_rule="full", jpeg_downscale=True).numpy()
+    assert_close_to_reference(above, reference_resize(full, 526, "bilinear"), "526 px, full resolution")

@@ -124,7 +124,7 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
                        cutmix_alpha: float, global_batch_size: int, seed: int, start_step: int = 0,
                        augment: str = "randaug", data_dir: str | None = None,
                        area_range: tuple[float, float] = (0.05, 1.0), randaug_layers: int = 2,
-                       random_flip: bool = True,
+                       random_flip: bool = True, jpeg_downscale: bool = False,
                        normalize_multi_hot: bool = True, mesh: Mesh | None = None, process_index: int | None = None,
                        process_count: int | None = None, num_threads: int | None = None) -> HostBatches:
     """This host's numpy train batches from ``start_step`` on (simulate hosts with process_index/count)."""
@@ -145,7 +145,8 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
     def image_fn(encoded, example):
         return preprocessing.train_image(encoded, example["seed"], image_size=image_size, augment=augment,
                                          randaug_magnitude=randaug_magnitude, randaug_layers=randaug_layers,
-                                         area_range=area_range, random_flip=random_flip)
+                                         area_range=area_range, random_flip=random_flip,
+                                         jpeg_downscale=jpeg_downscale)
 
     steps = tf.data.Dataset.range(start_step, _MAX_STEPS).map(read_step)
     batches = _decoded_batches(steps, source, image_fn, image_size, host_batch, inputs=("seed",))
@@ -168,6 +169,7 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
 
 def eval_host_batches(*, dataset: str, split: str, image_size: int, global_batch_size: int,
                       data_dir: str | None = None, resize_method: str = "bilinear", crop_rule: str = "v2",
+                      jpeg_downscale: bool = False,
                       normalize_multi_hot: bool = True, mesh: Mesh | None = None, process_index: int | None = None,
                       process_count: int | None = None, num_threads: int | None = None) -> HostBatches:
     """This host's numpy eval batches: the whole split once, padded, the same number of steps on every host."""
@@ -184,7 +186,7 @@ def eval_host_batches(*, dataset: str, split: str, image_size: int, global_batch
     def image_fn(encoded, example):
         del example
         return preprocessing.eval_image(encoded, image_size=image_size, resize_method=resize_method,
-                                        crop_rule=crop_rule)
+                                        crop_rule=crop_rule, jpeg_downscale=jpeg_downscale)
 
     steps = tf.data.Dataset.from_tensor_slices(indices).map(read_step)
     batches = _decoded_batches(steps, source, image_fn, image_size, host_batch, inputs=())
@@ -230,7 +232,7 @@ def make_train_iterator(*, dataset: str, split: str, image_size: int, randaug_ma
                         cutmix_alpha: float, global_batch_size: int, seed: int, start_step: int, mesh: Mesh,
                         augment: str = "randaug", data_dir: str | None = None,
                         area_range: tuple[float, float] = (0.05, 1.0), randaug_layers: int = 2,
-                        random_flip: bool = True,
+                        random_flip: bool = True, jpeg_downscale: bool = False,
                         normalize_multi_hot: bool = True, prefetch: int = 2,
                         num_threads: int | None = None) -> GlobalBatches:
     """Endless train batches for one progressive stage, from global step ``start_step`` on.
@@ -242,7 +244,7 @@ def make_train_iterator(*, dataset: str, split: str, image_size: int, randaug_ma
                               randaug_magnitude=randaug_magnitude, mixup_alpha=mixup_alpha,
                               cutmix_alpha=cutmix_alpha, global_batch_size=global_batch_size, seed=seed,
                               start_step=start_step, augment=augment, data_dir=data_dir, area_range=area_range,
-                              random_flip=random_flip,
+                              random_flip=random_flip, jpeg_downscale=jpeg_downscale,
                               randaug_layers=randaug_layers, normalize_multi_hot=normalize_multi_hot, mesh=mesh,
                               num_threads=num_threads)
     return GlobalBatches(host, mesh, prefetch)
@@ -250,12 +252,13 @@ def make_train_iterator(*, dataset: str, split: str, image_size: int, randaug_ma
 
 def make_eval_iterator(*, dataset: str, split: str, image_size: int, global_batch_size: int, mesh: Mesh,
                        data_dir: str | None = None, resize_method: str = "bilinear", crop_rule: str = "v2",
-                       normalize_multi_hot: bool = True, prefetch: int = 2,
+                       jpeg_downscale: bool = False, normalize_multi_hot: bool = True, prefetch: int = 2,
                        num_threads: int | None = None) -> GlobalBatches:
     """One pass over the whole split: keys image, label, mask (0 = padding or corrupt); ``len()`` = steps."""
     host = eval_host_batches(dataset=dataset, split=split, image_size=image_size,
                              global_batch_size=global_batch_size, data_dir=data_dir, resize_method=resize_method,
-                             crop_rule=crop_rule, normalize_multi_hot=normalize_multi_hot, mesh=mesh,
+                             crop_rule=crop_rule, jpeg_downscale=jpeg_downscale,
+                             normalize_multi_hot=normalize_multi_hot, mesh=mesh,
                              num_threads=num_threads)
     return GlobalBatches(host, mesh, prefetch)
 

@@ -11,14 +11,17 @@ Train (``augment``):
 Eval (``crop_rule``): 'v2' centre crop of side int(S/(S+32)*min(h, w)) only when S < 320, otherwise the
 whole image; 'v1' always that crop with offsets ((h-c)+1)//2; 'full' the whole image (finetune eval).
 
-Normalisation happens on the device, so images leave as uint8. Differences from the official code, all at
-the level of interpolation / rounding:
-  * The crop window is decoded directly (``decode_and_crop_jpeg``) for JPEGs; other formats are fully
-    decoded and sliced. With ``jpeg_downscale`` (default on) a JPEG crop whose short side is at least
-    2x, 4x or 8x the output is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (a DCT-domain box filter)
-    before the bilinear resize; the window is then aligned down to the scaled grid (< 1 scaled pixel).
-    This mostly hits the low-resolution progressive stages and large images.
-  * Resized images are rounded to uint8 (the official code truncates before RandAugment; <= 1 level).
+Decoding is at full resolution, as the official ``decode_image`` then crop: a JPEG's crop window is decoded
+directly (``decode_and_crop_jpeg`` with a 2-pixel margin, which gives exactly the pixels of decoding the whole
+image and slicing), other formats are fully decoded and sliced. Normalisation happens on the device, so images leave as uint8. Differences from
+the official code, all at the level of interpolation / rounding:
+  * Opt-in ``jpeg_downscale`` (default off; ``config.dataset.jpeg_downscale``): a JPEG window whose both
+    sides are at least 2x, 4x or 8x the output is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (a DCT-domain
+    box filter) before the resize, the window aligned down to the scaled grid (< 1 scaled pixel). A window
+    smaller than 2x the output on either side is decoded at full resolution. Faster on large windows
+    (low-resolution progressive stages, large photos), but not the official pixels.
+  * Resized images are rounded to uint8 (the official code truncates before RandAugment; <= 1 level) and
+    clipped to [0, 255] (the official eval keeps bicubic overshoot in float).
   * Bicubic is TF1's ``resize_bicubic`` (no half-pixel centres), as the official V1 code uses.
 Grayscale and RGBA inputs become 3-channel RGB. Randomness is stateless (``seed`` int [2]).
 """
@@ -37,7 +40,8 @@ TRAIN_AUGMENTS = ("randaug", "autoaug", "none", "finetune")
 RESIZE_METHODS = ("bilinear", "bicubic")
 CROP_RULES = ("v2", "v1", "full")
 CROP_PADDING = 32
-JPEG_SCALES = (8, 4, 2, 1)
+JPEG_SCALES = (2, 4, 8)  # libjpeg's DCT downscale factors that the opt-in jpeg_downscale may use
+JPEG_EDGE_MARGIN = 2  # pixels decoded beyond each side of a JPEG window (see _decode_jpeg_at)
 
 # A window rule maps the image shape int32 [3] to an int32 [4] window (y, x, height, width).
 WindowFn = Callable[[tf.Tensor], tf.Tensor]
@@ -48,28 +52,48 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; choose from {list(choices)}")
 
 
-def _decode_jpeg_window(encoded: tf.Tensor, window: tf.Tensor, output_size: int, downscale: bool) -> tf.Tensor:
-    """Decode only ``window`` of a JPEG, at the coarsest libjpeg scale that keeps the short side >= output."""
-    if not downscale:
-        return tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
+def jpeg_decode_scale(window: tf.Tensor, output_size: int) -> tf.Tensor:
+    """The coarsest of JPEG_SCALES at which both sides of ``window`` stay >= ``output_size``; 1 when none does."""
     short_side = tf.minimum(window[2], window[3])
-    scale_index = tf.argmax(tf.stack([short_side >= scale * output_size for scale in JPEG_SCALES]))
+    scale = tf.constant(1, tf.int32)
+    for candidate in JPEG_SCALES:
+        scale = tf.where(short_side >= candidate * output_size, candidate, scale)
+    return scale
 
-    def decode_at(scale: int) -> Callable[[], tf.Tensor]:
-        return lambda: tf.io.decode_and_crop_jpeg(
-            encoded, tf.concat([window[:2] // scale, tf.maximum(window[2:] // scale, 1)], 0),
-            channels=3, ratio=scale)
 
-    return tf.switch_case(tf.cast(scale_index, tf.int32), [decode_at(scale) for scale in JPEG_SCALES])
+def _decode_jpeg_at(encoded: tf.Tensor, window: tf.Tensor, image_shape: tf.Tensor, scale: int) -> tf.Tensor:
+    """``window`` (full-resolution coordinates) decoded at 1/``scale``, with the pixels of a whole-image decode.
+
+    libjpeg's cropped decode upsamples the chroma at the crop's edges without the neighbours outside it (up to
+    14 grey levels off on photos); decoding JPEG_EDGE_MARGIN more pixels on each side, then slicing, avoids it.
+    """
+    begin, size = window[:2] // scale, tf.maximum(window[2:] // scale, 1)
+    scaled_shape = (image_shape[:2] + scale - 1) // scale
+    padded_begin = tf.maximum(begin - JPEG_EDGE_MARGIN, 0)
+    padded_end = tf.minimum(begin + size + JPEG_EDGE_MARGIN, scaled_shape)
+    padded = tf.io.decode_and_crop_jpeg(encoded, tf.concat([padded_begin, padded_end - padded_begin], 0),
+                                        channels=3, ratio=scale)
+    return tf.slice(padded, tf.concat([begin - padded_begin, [0]], 0), tf.concat([size, [3]], 0))
+
+
+def _decode_jpeg_window(encoded: tf.Tensor, window: tf.Tensor, image_shape: tf.Tensor, output_size: int,
+                        downscale: bool) -> tf.Tensor:
+    """Decode only ``window`` of a JPEG: full resolution, or with ``downscale`` at ``jpeg_decode_scale``."""
+    if not downscale:
+        return _decode_jpeg_at(encoded, window, image_shape, 1)
+    scales = (1,) + JPEG_SCALES
+    branch = tf.argmax(tf.equal(tf.constant(scales), jpeg_decode_scale(window, output_size)), output_type=tf.int32)
+    return tf.switch_case(branch, [lambda scale=scale: _decode_jpeg_at(encoded, window, image_shape, scale)
+                                   for scale in scales])
 
 
 def decode_window(encoded: tf.Tensor, window_fn: WindowFn, *, output_size: int,
-                  jpeg_downscale: bool = True) -> tf.Tensor:
+                  jpeg_downscale: bool = False) -> tf.Tensor:
     """Encoded image -> uint8 [h, w, 3] of the window chosen by ``window_fn`` from the full image shape."""
 
     def jpeg() -> tf.Tensor:
-        window = window_fn(tf.image.extract_jpeg_shape(encoded))
-        return _decode_jpeg_window(encoded, window, output_size, jpeg_downscale)
+        shape = tf.image.extract_jpeg_shape(encoded)
+        return _decode_jpeg_window(encoded, window_fn(shape), shape, output_size, jpeg_downscale)
 
     def other() -> tf.Tensor:
         image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -144,7 +168,7 @@ def _finetune_cutout(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.T
 
 def train_image(encoded: tf.Tensor, seed: tf.Tensor, *, image_size: int, augment: str, randaug_magnitude: float,
                 randaug_layers: int = 2, area_range: tuple[float, float] = (0.05, 1.0),
-                jpeg_downscale: bool = True, random_flip: bool = True) -> tf.Tensor:
+                jpeg_downscale: bool = False, random_flip: bool = True) -> tf.Tensor:
     """Encoded bytes + stateless seed int [2] -> augmented uint8 [S, S, 3] (see the module docstring).
 
     `random_flip=False` drops the official horizontal flip, for data where mirroring changes the class (digits).
@@ -175,7 +199,7 @@ def train_image(encoded: tf.Tensor, seed: tf.Tensor, *, image_size: int, augment
 
 
 def eval_image(encoded: tf.Tensor, *, image_size: int, resize_method: str = "bilinear", crop_rule: str = "v2",
-               jpeg_downscale: bool = True) -> tf.Tensor:
+               jpeg_downscale: bool = False) -> tf.Tensor:
     """Encoded bytes -> uint8 [S, S, 3] with the official eval crop rule (see the module docstring)."""
     _check_choice(resize_method, RESIZE_METHODS, "resize_method")
     _check_choice(crop_rule, CROP_RULES, "crop_rule")

@@ -114,7 +114,7 @@ def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict, mesh
         dataset=config.dataset.name, split=config.dataset.eval_split, image_size=image_size,
         global_batch_size=config.eval_batch_size, mesh=mesh, data_dir=config.dataset.data_dir or None,
         resize_method="bicubic" if config.dataset.augment == "autoaug" else "bilinear",  # As in training.
-        crop_rule=config.dataset.eval_crop_rule,
+        crop_rule=config.dataset.eval_crop_rule, jpeg_downscale=config.dataset.jpeg_downscale,
         normalize_multi_hot=config.loss != "sigmoid")
     totals = None
     try:
@@ -227,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 cutmix_alpha=stage.cutmix_alpha, global_batch_size=config.batch_size, seed=config.seed,
                 start_step=step, mesh=mesh, augment=config.dataset.augment, data_dir=config.dataset.data_dir or None,
                 area_range=tuple(config.dataset.crop_area_range), random_flip=config.dataset.random_flip,
-                normalize_multi_hot=config.loss != "sigmoid")
+                jpeg_downscale=config.dataset.jpeg_downscale, normalize_multi_hot=config.loss != "sigmoid")
             reporter = ProgressReporter(total_steps=total_steps, start_step=step, batch_size=config.batch_size,
                                         stage=stage, num_stages=len(stages), writer=writer, history=history,
                                         log_every_steps=config.log_every_steps)
