@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from flax import traverse_util
 from keras_reference import NUM_CLASSES, keras_case, max_diff
 
 from efficientnetv2_jax import checkpoint
@@ -90,6 +91,23 @@ def test_official_checkpoint_gives_keras_logits_from_the_ema_shadows(case):
     assert max_diff(variables, "b0", batches, keras_logits) < 1e-3 * input_effect
     raw = from_tf_checkpoint(prefix, ema=False)  # The raw (non-EMA) values differ on purpose.
     assert max_diff(raw, "b0", batches, keras_logits) > 0.1 * input_effect
+
+
+def test_tf2_head_1_dense_name_imports_with_the_same_logits(case, tmp_path):
+    """The official main.py under TF 2.x writes the classifier as `head_1/dense` (legacy name_scope('head'))."""
+    prefix, batches, keras_logits, input_effect = case
+    reader = tf.train.load_checkpoint(prefix)
+    renamed = {n.replace("/head/dense/", "/head_1/dense/"): reader.get_tensor(n)
+               for n in reader.get_variable_to_shape_map()}
+    assert sum("/head_1/dense/" in n for n in renamed) == 6  # kernel, bias, each with EMA and RMSProp
+    tf2_prefix = write_checkpoint(str(tmp_path / "tf2"), renamed)
+    released, tf2 = from_tf_checkpoint(prefix), from_tf_checkpoint(tf2_prefix)
+    assert tf2["params"]["classifier"]["kernel"].shape[-1] == NUM_CLASSES
+    for path, value in traverse_util.flatten_dict(released).items():
+        np.testing.assert_array_equal(traverse_util.flatten_dict(tf2)[path], value)
+    assert max_diff(tf2, "b0", batches, keras_logits) < 1e-3 * input_effect
+    raw = from_tf_checkpoint(tf2_prefix, ema=False)  # The EMA shadows of the renamed scope are found too.
+    assert not np.array_equal(raw["params"]["classifier"]["kernel"], tf2["params"]["classifier"]["kernel"])
 
 
 def test_swapped_batch_norm_names_would_be_caught(case, tmp_path):

@@ -8,6 +8,10 @@ counters under the model name, e.g. `efficientnetv2-s/blocks_10/tpu_batch_normal
   `_2` in creation order (expand, depthwise, project), the depthwise kernel `depthwise_conv2d/depthwise_kernel`,
   and squeeze-excite `se/conv2d` (reduce) and `se/conv2d_1` (expand) with biases;
 - head: `head/conv2d/kernel`, `head/tpu_batch_normalization/...`, `head/dense/{kernel,bias}`.
+A checkpoint written by the official `main.py` under TF 2.x names the classifier `head_1/dense/{kernel,bias}`:
+effnetv2_model.py creates it inside a legacy `tf.name_scope('head')`, which TF 2.x makes unique because the Head
+layer already holds `head`. It is the only scope the official model opens by hand (every other name is a Keras
+layer's own), so `head_1/dense` is the only alias accepted (TF2_SCOPE_ALIASES).
 Training checkpoints hold `<name>/ExponentialMovingAverage` shadows, which the official evaluation uses; they
 are preferred here too. Names as read by public converters of these checkpoints: sebastian-sz/efficientnet-v2-keras
 (`scripts/convert_weights.py`: stem/blocks/head maps, `use_ema` picks the `ExponentialMovingAverage` names) and
@@ -32,6 +36,8 @@ _BN_LEAVES = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "m
 _CONV_PARTS = ("conv", "expand_conv", "project_conv")  # Plain convolutions, counted as conv2d, conv2d_1 ...
 _BN_PARTS = ("bn", "expand_bn", "project_bn")  # Batch norms, counted as tpu_batch_normalization, _1 ...
 _CREATION_ORDER = ("expand_conv", "expand_bn", "dwconv", "bn", "se", "project_conv", "project_bn")
+# Released scope -> the name a TF 2.x run of the official code gives it (see the module docstring).
+TF2_SCOPE_ALIASES = {"head/dense/": "head_1/dense/"}
 
 
 def _counter_name(base: str, index: int) -> str:
@@ -78,6 +84,16 @@ def _official_names(model_name: str, leaves: list[tuple[str, ...]]) -> dict[tupl
     return names
 
 
+def _checkpoint_name(name: str, model_name: str, shapes: dict[str, list[int]]) -> str:
+    """`name` as this checkpoint spells it: the released official name, else its TF 2.x alias when present."""
+    for released, renamed in TF2_SCOPE_ALIASES.items():
+        prefix = f"{model_name}/{released}"
+        alias = f"{model_name}/{renamed}{name[len(prefix):]}"
+        if name.startswith(prefix) and name not in shapes and alias in shapes:
+            return alias
+    return name
+
+
 def _reader(path: str):
     """A checkpoint reader for a directory (its `checkpoint` file, else its only `*.index`) or a prefix."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel  # TensorFlow only when converting.
@@ -115,7 +131,8 @@ def read_tf_checkpoint(path: str, name: str | None = None, ema: bool = True) -> 
     """(variant name, {'params', 'batch_stats'} in numpy float32) from an official checkpoint.
 
     `path` is a checkpoint directory or prefix. The variant comes from the variables' name prefix (`name`, when
-    given, must agree), the class count from `head/dense/kernel` (0 when the checkpoint has no classifier). With
+    given, must agree), the class count from `head/dense/kernel` (or `head_1/dense/kernel`, its TF 2.x
+    name; 0 when the checkpoint has no classifier). With
     `ema` (the default, as the official evaluation) every variable's `/ExponentialMovingAverage` shadow is used
     where the checkpoint has one. Shapes are checked leaf by leaf, and a model variable left unused is an error.
     """
@@ -124,11 +141,12 @@ def read_tf_checkpoint(path: str, name: str | None = None, ema: bool = True) -> 
     model_name = _model_name(shapes)
     if name is not None and get_variant(name).name != model_name:
         raise ValueError(f"The checkpoint holds {model_name}, not {get_variant(name).name}.")
-    dense = shapes.get(f"{model_name}/head/dense/kernel")
+    dense = shapes.get(_checkpoint_name(f"{model_name}/head/dense/kernel", model_name, shapes))
     num_classes = int(dense[1]) if dense else 0
     targets = dict(target_leaves(model_name, num_classes))
     flat, used = {}, set()
-    for path_, tf_name in _official_names(model_name, list(targets)).items():
+    for path_, official in _official_names(model_name, list(targets)).items():
+        tf_name = _checkpoint_name(official, model_name, shapes)
         if tf_name not in shapes:
             raise ValueError(f"The checkpoint has no variable {tf_name} (needed for {'/'.join(path_)}).")
         source = tf_name + EMA_SUFFIX if ema and tf_name + EMA_SUFFIX in shapes else tf_name
