@@ -2,7 +2,7 @@
 
     python -m efficientnetv2_jax.evaluate --checkpoint DIR [--dataset NAME] [--split eval] [--image-size N ...]
 
-Uses the trainer's own eval (`train.evaluate` with `train.make_eval_step`), so the numbers equal the ones the
+Uses the trainer's own eval (`train.evaluate` with `steps.make_eval_step`), so the numbers equal the ones the
 training run reports for the same weights and size. EfficientNetV2 trains smaller than it evaluates: pass
 several sizes to see the accuracy/size curve in one call. Works on any device count (batch padded to fit).
 """
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from efficientnetv2_jax import data as data_lib
 from efficientnetv2_jax import inference
-from efficientnetv2_jax.train import train
+from efficientnetv2_jax.train import program, steps, train
 from efficientnetv2_jax.train.state import TrainState
 
 DEFAULT_EVAL_BATCH = 256
@@ -70,12 +70,12 @@ def evaluate_checkpoint(loaded: inference.LoadedModel, image_sizes: list[int] | 
     sizes = image_sizes or [loaded.preprocessing.image_size]
     if any(size < 8 for size in sizes):
         raise inference.CliError(f"Image sizes must be at least 8 pixels, got {sizes}.")
-    mesh = train.make_mesh(config.eval_batch_size)
+    mesh = program.make_mesh(config.eval_batch_size)
     replicated = NamedSharding(mesh, P())
     variables = inference.replicated_variables(loaded.variables, mesh)
     state = TrainState(step=0, params=variables["params"], batch_stats=variables["batch_stats"], opt_state=None,
                        ema_params=None, ema_batch_stats=None)
-    eval_fn = jax.jit(train.make_eval_step(loaded.model, config, info.multi_label), out_shardings=replicated)
+    eval_fn = jax.jit(steps.make_eval_step(loaded.model, config, info.multi_label), out_shardings=replicated)
     try:
         return {size: train.evaluate(eval_fn, state, config, mesh, size) for size in sizes}
     except (ValueError, FileNotFoundError) as error:

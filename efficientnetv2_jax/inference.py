@@ -86,7 +86,7 @@ def build_network(model_name: str, num_classes: int, config: ml_collections.Conf
     """The trainer's network for `config` (same width/depth/dtype), else the official variant."""
     if config is None:
         return create_model(model_name, num_classes=num_classes)
-    from efficientnetv2_jax.train.train import build_model  # pylint: disable=import-outside-toplevel
+    from efficientnetv2_jax.train.program import build_model  # pylint: disable=import-outside-toplevel
 
     return build_model(config, num_classes)
 

@@ -10,7 +10,7 @@ import optax
 
 from configs.digits import get_config
 from efficientnetv2_jax.checkpoint import Checkpointer
-from efficientnetv2_jax.train.train import build_model
+from efficientnetv2_jax.train.program import build_model
 from efficientnetv2_jax.train.state import TrainState
 
 NUM_CLASSES = 10

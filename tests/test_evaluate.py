@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from efficientnetv2_jax import evaluate, inference
 from efficientnetv2_jax.checkpoint import Checkpointer
-from efficientnetv2_jax.train import train
+from efficientnetv2_jax.train import program, steps, train
 from efficientnetv2_jax.train.state import TrainState
 from inference_checkpoint import NUM_CLASSES, tiny_config, write_tiny_checkpoint
 
@@ -36,8 +36,8 @@ def checkpoint(tmp_path_factory):
 def trainer_metrics(checkpoint):
     """What the trainer's eval reports for this checkpoint: its restore, its eval step (EMA), its config."""
     workdir, config = checkpoint
-    model = train.build_model(config, NUM_CLASSES)
-    mesh = train.make_mesh(config.eval_batch_size)
+    model = program.build_model(config, NUM_CLASSES)
+    mesh = program.make_mesh(config.eval_batch_size)
     replicated = NamedSharding(mesh, P())
     def init_state():  # The structure write_tiny_checkpoint saved (its optimizer is optax.identity).
         variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
@@ -46,7 +46,7 @@ def trainer_metrics(checkpoint):
 
     with Checkpointer(workdir, model_name=model.model_name, num_classes=NUM_CLASSES, keep_best=0) as checkpointer:
         state = checkpointer.restore_latest(jax.eval_shape(init_state), shardings=replicated).state
-    eval_fn = jax.jit(train.make_eval_step(model, config, multi_label=False), out_shardings=replicated)
+    eval_fn = jax.jit(steps.make_eval_step(model, config, multi_label=False), out_shardings=replicated)
     return train.evaluate(eval_fn, state, config, mesh, EVAL_SIZE)
 
 

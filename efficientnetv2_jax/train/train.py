@@ -1,7 +1,8 @@
 """The training loop: sharded progressive learning with RMSProp + EMA, resumable at any step.
 
-Read top to bottom, in phases: setup -> mesh -> data -> model and optimizer -> sharded init or restore ->
-compiled steps -> loop over progressive stages -> final evaluation and summary.json.
+Read top to bottom, in phases: setup -> data -> mesh, model, optimizer and shardings (the one builder in
+train/program.py, which the pod planner compiles too) -> sharded init or restore -> compiled steps -> loop over
+progressive stages -> final evaluation and summary.json.
 """
 
 from __future__ import annotations
@@ -17,95 +18,26 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from clu import metric_writers
 from etils import epath
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from efficientnetv2_jax import allocator
 from efficientnetv2_jax import checkpoint as ckpt_lib
 from efficientnetv2_jax import data as data_lib
-from efficientnetv2_jax.data.mixing import apply_mixing
-from efficientnetv2_jax.models import compiler_options, create_model, get_variant, normalize_images
-from efficientnetv2_jax.train import losses, optimizer, plots, progressive
+from efficientnetv2_jax.models import get_variant
+from efficientnetv2_jax.train import losses, plots, progressive
 from efficientnetv2_jax.train.compilation_cache import default_cache_dir, enable_compilation_cache
 from efficientnetv2_jax.train.preemption import PreemptionWatcher
+from efficientnetv2_jax.train.program import build_program
 from efficientnetv2_jax.train.progress import ProgressReporter
 from efficientnetv2_jax.train.state import TrainState
 
 logger = logging.getLogger(__name__)
 
 
-def make_mesh(batch_size: int) -> jax.sharding.Mesh:
-    """A 1-D 'data' mesh over every device; the global batch must split evenly across it."""
-    if batch_size % jax.device_count():
-        raise ValueError(f"Global batch size {batch_size} is not divisible by the {jax.device_count()} devices; "
-                         f"use a multiple of {jax.device_count()}.")
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
 def to_host(tree: Any) -> Any:
     """Fetches replicated device values on every process (no cross-host transfer needed)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int, dropout_rate: float | None = None):
-    """The network with the config's numerics; `dropout_rate` lets the paper recipe change it per stage."""
-    mc = config.model
-    bn_group_size = None
-    if mc.bn_replica_group > 0 and jax.device_count() > mc.bn_replica_group:
-        bn_group_size = config.batch_size // jax.device_count() * mc.bn_replica_group
-    overrides = dict(dtype=mc.dtype, remat=mc.remat, conv_impl=mc.conv_impl, bn_group_size=bn_group_size,
-                     drop_connect_rate=mc.drop_connect_rate)
-    if mc.width > 0:
-        overrides.update(width=mc.width, depth=mc.depth)
-    rate = dropout_rate if dropout_rate is not None else (mc.dropout_rate if mc.dropout_rate >= 0 else None)
-    return create_model(mc.name, num_classes=num_classes, dropout_rate=rate, **overrides)
-
-
-def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict):
-    """One update: mix, forward in train mode, loss, gradients, optimizer, EMA; returns metrics too."""
-    dtype = model.dtype
-
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
-        images = normalize_images(batch["image"], model.model_name, dtype)
-        labels = batch["label"]
-        if "mixup_lambda" in batch:
-            images, labels = apply_mixing(images, labels, batch)
-
-        def loss_fn(params):
-            logits, new_model_state = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                mutable=["batch_stats"], rngs={"dropout": rng})
-            loss = losses.classification_loss(logits, labels, batch["mask"], config.label_smoothing,
-                                              config.loss)
-            return loss, (logits, new_model_state["batch_stats"])
-
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats, tx=tx,
-                                          ema_decay=config.ema_decay)
-        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads),
-                   "train_top1": losses.top1_accuracy(logits, labels, batch["mask"])}
-        return new_state, metrics
-
-    return train_step
-
-
-def make_eval_step(model, config: ml_collections.ConfigDict, multi_label: bool):
-    """Summed eval statistics of one padded batch (mask=0 rows are ignored), with EMA weights by default."""
-
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        if config.eval_with_ema:
-            variables = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
-        else:
-            variables = {"params": state.params, "batch_stats": state.batch_stats}
-        images = normalize_images(batch["image"], model.model_name, model.dtype)
-        logits = model.apply(variables, images, train=False)
-        return losses.eval_counts(logits, batch["label"], batch["mask"], multi_label)
-
-    return eval_step
 
 
 def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict, mesh, image_size: int) -> dict:
@@ -114,8 +46,7 @@ def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict, mesh
         dataset=config.dataset.name, split=config.dataset.eval_split, image_size=image_size,
         global_batch_size=config.eval_batch_size, mesh=mesh, data_dir=config.dataset.data_dir or None,
         resize_method="bicubic" if config.dataset.augment == "autoaug" else "bilinear",  # As in training.
-        crop_rule=config.dataset.eval_crop_rule, jpeg_downscale=config.dataset.jpeg_downscale,
-        normalize_multi_hot=config.loss != "sigmoid")
+        crop_rule=config.dataset.eval_crop_rule, jpeg_downscale=config.dataset.jpeg_downscale)
     totals = None
     try:
         for batch in iterator:
@@ -139,13 +70,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                   asynchronous=True)
     variant = get_variant(config.model.name)  # Unknown model names fail here, before any data is read.
 
-    # ------------------------------------------------------------------ mesh
-    mesh = make_mesh(config.batch_size)
-    if config.eval_batch_size % jax.device_count():
-        raise ValueError(f"eval_batch_size {config.eval_batch_size} is not divisible by the "
-                         f"{jax.device_count()} devices.")
-    replicated = NamedSharding(mesh, P())
-
     # ------------------------------------------------------------------ data
     info = data_lib.get_dataset_info(config.dataset.name, config.dataset.data_dir or None)
     train_examples = info.split_sizes[config.dataset.train_split]
@@ -155,52 +79,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stages = progressive.make_stages(config, total_steps)
     eval_size = config.eval_image_size or variant.eval_size
 
-    # ------------------------------------------------------------------ model and optimizer
-    model = build_model(config, info.num_classes)
-    jit_options = compiler_options(config.xla_cpu_scheduler)
-    schedule = optimizer.make_lr_schedule(config, steps_per_epoch)
-    tx = optimizer.make_optimizer(config, steps_per_epoch)
+    # ------------------------------------------------------------------ mesh, model, optimizer, shardings
+    program = build_program(config, num_classes=info.num_classes, steps_per_epoch=steps_per_epoch,
+                            multi_label=info.multi_label)
+    mesh = program.mesh
 
     # ------------------------------------------------------------------ sharded init or restore
-    def init_state(rng):
-        variables = model.init(rng, jnp.zeros((1, 64, 64, 3), model.dtype), train=False)
-        return TrainState.create(params=variables["params"], batch_stats=variables["batch_stats"], tx=tx)
-
     init_rng = jax.random.PRNGKey(config.seed)
-    abstract_state = jax.eval_shape(init_state, init_rng)
     checkpointer = ckpt_lib.Checkpointer(
         workdir, model_name=variant.name, num_classes=info.num_classes, config=config,
         save_every_steps=config.checkpoint_every_steps, keep_last=config.keep_checkpoints,
         keep_best=config.keep_best_checkpoints, best_metric="eval_top1")
-    restored = checkpointer.restore_latest(abstract_state, shardings=replicated)
+    restored = checkpointer.restore_latest(program.abstract_state, shardings=program.state_shardings)
     if restored is not None:
         state = restored.state
         logger.info("Resumed from step %d in %s.", int(to_host(state.step)), workdir)
     else:
-        state = jax.jit(init_state, out_shardings=replicated)(init_rng)
+        state = program.init_state(init_rng)
         if config.init_from:
             variables = ckpt_lib.load_init_from(
                 config.init_from, {"params": state.params, "batch_stats": state.batch_stats},
                 model_name=variant.name)
-            state = jax.jit(lambda v: TrainState.create(params=v["params"], batch_stats=v["batch_stats"], tx=tx),
-                            out_shardings=replicated)(variables)
+            state = program.state_from_variables(variables)
             logger.info("Initialised from %s.", config.init_from)
     start_step = int(to_host(state.step))
 
     # ------------------------------------------------------------------ compiled steps
-    data_sharding = NamedSharding(mesh, P("data"))
-
-    def compile_train_step(stage: progressive.Stage):
-        stage_model = build_model(config, info.num_classes, stage.dropout_rate)
-        step_fn = jax.jit(make_train_step(stage_model, tx, schedule, config), donate_argnums=0,
-                          out_shardings=(replicated, replicated), compiler_options=jit_options)
-        batch_shapes = _train_batch_shapes(config, stage, info.num_classes, data_sharding)
-        started = time.perf_counter()
-        compiled = step_fn.lower(state, batch_shapes).compile()
-        return compiled, time.perf_counter() - started
-
-    eval_fn = jax.jit(make_eval_step(model, config, info.multi_label), out_shardings=replicated,
-                      compiler_options=jit_options)
+    eval_fn = program.eval_step()
 
     # ------------------------------------------------------------------ loop over progressive stages
     history = plots.MetricHistory(workdir)
@@ -216,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             stage_records.append(record)
             if step >= stage.end_step:
                 continue
-            compiled, record["compile_seconds"] = compile_train_step(stage)
+            compiled, record["compile_seconds"] = program.compile_train_step(stage)
             logger.info("Stage %d/%d: %d px, RandAugment %.2f, mixup %.2f, cutmix %.2f, dropout %.2f, "
                         "steps %d-%d (compiled in %.1f s).", stage.index + 1, len(stages), stage.image_size,
                         stage.randaug_magnitude, stage.mixup_alpha, stage.cutmix_alpha, stage.dropout_rate,
@@ -227,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 cutmix_alpha=stage.cutmix_alpha, global_batch_size=config.batch_size, seed=config.seed,
                 start_step=step, mesh=mesh, augment=config.dataset.augment, data_dir=config.dataset.data_dir or None,
                 area_range=tuple(config.dataset.crop_area_range), random_flip=config.dataset.random_flip,
-                jpeg_downscale=config.dataset.jpeg_downscale, normalize_multi_hot=config.loss != "sigmoid")
+                jpeg_downscale=config.dataset.jpeg_downscale)
             reporter = ProgressReporter(total_steps=total_steps, start_step=step, batch_size=config.batch_size,
                                         stage=stage, num_stages=len(stages), writer=writer, history=history,
                                         log_every_steps=config.log_every_steps)
@@ -291,19 +196,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 step, workdir_path / "summary.json")
     return summary
 
-
-def _train_batch_shapes(config, stage, num_classes: int, sharding) -> dict:
-    """Abstract shapes of one global train batch, for ahead-of-time compilation of the step."""
-    b, s = config.batch_size, stage.image_size
-    shapes = {
-        "image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.uint8, sharding=sharding),
-        "label": jax.ShapeDtypeStruct((b, num_classes), jnp.float32, sharding=sharding),
-        "mask": jax.ShapeDtypeStruct((b,), jnp.float32, sharding=sharding),
-    }
-    if stage.mixup_alpha > 0 or stage.cutmix_alpha > 0:
-        shapes.update(
-            mixup_lambda=jax.ShapeDtypeStruct((b,), jnp.float32, sharding=sharding),
-            cutmix_box=jax.ShapeDtypeStruct((b, 4), jnp.int32, sharding=sharding),
-            mix_partner=jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding),
-        )
-    return shapes
