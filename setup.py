@@ -29,7 +29,7 @@ setuptools.setup(
         "cmeel-mimalloc==3.4.3; sys_platform == 'linux'",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "h5py>=3.10", "scikit-image>=0.22"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "h5py>=3.10", "scikit-image>=0.22"],
         "tpu": ["jax[tpu]==0.10.2"],
     },
 )

@@ -3,7 +3,6 @@
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -20,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSh
 
 from efficientnetv2_jax import checkpoint
 from efficientnetv2_jax.train.preemption import PreemptionWatcher
+from processes import Child, run_processes
 
 MODEL = "efficientnetv2-b0"
 
@@ -314,12 +314,9 @@ jax.distributed.shutdown()
 
 
 def test_two_processes_agree_on_the_stop_step():
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        port = str(probe.getsockname()[1])
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(i), port], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for i in range(2)]
-    outputs = [[line for line in proc.communicate(timeout=120)[0].splitlines() if line.startswith("stop")]
-               for proc in procs]
+    results = run_processes(lambda address: [
+        Child([sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(i), address.rsplit(":", 1)[1]], env=env)
+        for i in range(2)], timeout=120)
+    outputs = [[line for line in out.splitlines() if line.startswith("stop")] for _, out in results]
     assert outputs == [["stop 4 False"], ["stop 4 True"]]  # Process 0 stops too, at the next sync.

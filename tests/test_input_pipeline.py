@@ -221,6 +221,7 @@ def test_train_order_serves_any_epoch_while_readers_run_epochs_ahead():
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "TrainOrder readers deadlocked"
     for step, (indices, _) in zip(steps, results):
         assert np.array_equal(indices, np.random.default_rng([3, step]).permutation(8))
