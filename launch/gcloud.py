@@ -14,8 +14,8 @@ from launch.accelerators import LaunchError
 class Gcloud:
     """Runs (or, dry, prints one shell-quoted line per) `gcloud` command; queries answer a stated assumption."""
 
-    def __init__(self, dry_run: bool, out: TextIO | None = None):
-        if not dry_run and shutil.which("gcloud") is None:
+    def __init__(self, dry_run: bool, out: TextIO | None = None, required: bool = True):
+        if required and not dry_run and shutil.which("gcloud") is None:
             raise LaunchError(
                 "gcloud not found on PATH: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) "
                 "or pass --dry-run to only print the commands"
@@ -24,7 +24,7 @@ class Gcloud:
         self.out = out or sys.stdout
 
     def __call__(self, args: list[str], *, query: bool = False, dry_run_answer: str = "") -> str:
-        """Run `gcloud ARGS`; streamed to the terminal, or with query=True captured and returned ("" if NOT_FOUND)."""
+        """Run `gcloud ARGS`; streamed to the terminal, or with query=True captured and returned ("" if not found)."""
         command = ["gcloud", *args]
         if self.dry_run:
             print(shlex.join(command), file=self.out, flush=True)
@@ -35,6 +35,6 @@ class Gcloud:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode == 0:
             return done.stdout.strip()
-        if "NOT_FOUND" in done.stderr:
+        if "NOT_FOUND" in done.stderr or "not found: 404" in done.stderr:  # compute / storage wording
             return ""
         raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)

@@ -1,9 +1,10 @@
 """The shell one-liners every TPU worker runs over `gcloud ... ssh --command`: install, start, inspect, tail.
 
 Each is a single line (commands joined by `;`) so that --dry-run prints one line per gcloud call.
-Layout on a worker (paths under $HOME): the checkout in efficientnetv2_jax/, its virtual environment in
-efficientnetv2_jax_venv/ (Python 3.11 via uv: the TPU images ship 3.10), and efficientnetv2_jax_logs/train.log
-plus train.pid for the detached trainer.
+Layout on a worker (paths under $HOME): the checkout in efficientnetv2_jax/ (with .shipped_files, the list of
+files the last install unpacked: a reinstall removes those and nothing else, so no folder that could hold runs is
+ever deleted), its virtual environment in efficientnetv2_jax_venv/ (Python 3.11 via uv: the TPU images ship 3.10),
+and efficientnetv2_jax_logs/train.log plus train.pid for the detached trainer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shlex
 TARBALL = "efficientnetv2_jax.tar.gz"  # scp destination, relative to $HOME
 CHECKOUT = "$HOME/efficientnetv2_jax"
 VENV = "$HOME/efficientnetv2_jax_venv"
+MANIFEST = ".shipped_files"  # in the checkout: what the last install unpacked
 LOGS = "$HOME/efficientnetv2_jax_logs"
 LOG = f"{LOGS}/train.log"
 PID = f"{LOGS}/train.pid"
@@ -24,19 +26,37 @@ _STOP = f'if {_ALIVE}; then kill "$p"; timeout 300 tail --pid="$p" -f /dev/null 
 
 
 def install_script() -> str:
-    """Stop any trainer, unpack the shipped checkout, and `pip install -e .[tpu]` it into a Python 3.11 venv."""
+    """Stop any trainer, replace the previously shipped files by the new checkout, `pip install -e .[tpu]` it."""
     return "; ".join([
         "set -e",
         _STOP,
         'export PATH="$HOME/.local/bin:$PATH"',
         "command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh",
-        f'rm -rf "{CHECKOUT}"',
         f'mkdir -p "{CHECKOUT}"',
-        f'tar -xzf "$HOME/{TARBALL}" -C "{CHECKOUT}"',
-        f'[ -x "{VENV}/bin/python" ] || uv venv --python {PYTHON_VERSION} "{VENV}"',
         f'cd "{CHECKOUT}"',
+        f"if [ -f {MANIFEST} ]; then xargs -r -d '\\n' rm -f -- < {MANIFEST}; fi",
+        f'tar -xzf "$HOME/{TARBALL}"',
+        f'tar -tzf "$HOME/{TARBALL}" > {MANIFEST}',
+        f'[ -x "{VENV}/bin/python" ] || uv venv --python {PYTHON_VERSION} "{VENV}"',
         f"uv pip install --python \"{VENV}/bin/python\" -e '.[tpu]'",
         'echo "$(hostname): installed"',
+    ])
+
+
+def stop_script() -> str:
+    """SIGTERM the trainer (it writes its preemption checkpoint), SIGKILL after 5 minutes; the VM keeps running."""
+    return "; ".join([_STOP, 'echo "$(hostname): not training"'])
+
+
+def bucket_probe_script(bucket: str) -> str:
+    """Write, read back and delete one object from this worker, as the VM's service account: proves access."""
+    probe = shlex.quote(f"{bucket.rstrip('/')}/.efficientnetv2_jax_probe/") + '"$(hostname)"'
+    return "; ".join([
+        "set -e",
+        f"echo ok | gcloud storage cp - {probe}",
+        f'[ "$(gcloud storage cat {probe})" = ok ]',
+        f"gcloud storage rm {probe} 2>/dev/null",
+        f'echo "$(hostname): can write, read and delete in {bucket}"',
     ])
 
 

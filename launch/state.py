@@ -58,6 +58,11 @@ def load_state(state_dir: pathlib.Path, name: str) -> LaunchState | None:
     return LaunchState(**fields)
 
 
+def saved_states(state_dir: pathlib.Path) -> list[LaunchState]:
+    """Every launch remembered in state_dir (not the dry-run ones), by name."""
+    return [load_state(state_dir, path.stem) for path in sorted(state_dir.glob("*.json"))]
+
+
 def save_state(state_dir: pathlib.Path, state: LaunchState) -> pathlib.Path:
     """Write the launch as JSON and return the file's path."""
     state_dir.mkdir(parents=True, exist_ok=True)
