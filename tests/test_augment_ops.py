@@ -199,3 +199,52 @@ def test_autoaugment_v0_policy_and_determinism(image):
 def test_unknown_op_names_choices(image):
     with pytest.raises(ValueError, match="Solarize"):
         level_op("Blur", image, 1.0)
+
+
+@pytest.fixture
+def recorded_ops(monkeypatch):
+    """Replaces every op by a recorder (eager: switch_case and cond run only the chosen branch)."""
+    calls = []
+
+    def record(name, image, level, seed, consts):
+        calls.append((name, level))
+        return image
+
+    monkeypatch.setattr(image_ops, "apply_level_op", record)
+    return calls
+
+
+def _within_binomial_bounds(count: int, trials: int, probability: float) -> bool:
+    """Whether `count` is within 4 standard deviations of a Binomial(trials, probability) mean (the seeds are fixed,
+    so this is deterministic; the bound only has to be loose enough for a correct sampler)."""
+    mean, std = trials * probability, np.sqrt(trials * probability * (1 - probability))
+    return abs(count - mean) <= 4 * std + 1e-9
+
+
+def test_randaugment_picks_each_of_the_16_ops_uniformly_per_layer(recorded_ops):
+    """Official: each of N layers draws one of the 16 ops uniformly and always applies it at magnitude M."""
+    image = tf.zeros((4, 4, 3), tf.uint8)
+    num_images = 600
+    for s in range(num_images):
+        randaugment(image, tf.constant([11, s], tf.int64), magnitude=7.0, num_layers=2)
+    assert len(recorded_ops) == 2 * num_images and {level for _, level in recorded_ops} == {7.0}
+    counts = {name: sum(1 for n, _ in recorded_ops if n == name) for name in RANDAUGMENT_OPS}
+    assert all(_within_binomial_bounds(c, 2 * num_images, 1 / 16) for c in counts.values()), counts
+    pairs = {tuple(n for n, _ in recorded_ops[i:i + 2]) for i in range(0, len(recorded_ops), 2)}
+    assert len(pairs) > 150  # The two layers draw independently (16 x 16 = 256 possible pairs, 600 draws).
+
+
+def test_autoaugment_picks_a_sub_policy_uniformly_and_applies_each_op_with_its_probability(recorded_ops):
+    """Official v0: one of 25 sub-policies uniformly; each of its ops runs with its own probability at its level."""
+    image = tf.zeros((4, 4, 3), tf.uint8)
+    num_images = 1000
+    for s in range(num_images):
+        autoaugment_v0(image, tf.constant([12, s], tf.int64))
+    expected = {}
+    for sub_policy in POLICY_V0:
+        for name, probability, level in sub_policy:
+            expected[name, level] = expected.get((name, level), 0.0) + probability / len(POLICY_V0)
+    observed = {op: sum(1 for call in recorded_ops if call == op) for op in expected}
+    assert set(recorded_ops) <= set(expected)
+    for op, rate in expected.items():
+        assert _within_binomial_bounds(observed[op], num_images, rate), (op, observed[op], rate * num_images)
