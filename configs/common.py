@@ -24,6 +24,10 @@ Experiment files (`configs/<family>.py:<arg>`) call `base_config` and change wha
   dataset.jpeg_downscale  False (official): decode JPEGs at full resolution. True: decode a crop window at least
                           2x/4x/8x the output on both sides at libjpeg's 1/2, 1/4, 1/8 DCT scale (faster, not the
                           official pixels; figures in the README, Input pipeline)
+  dataset.normalization   input normalisation of the recipe (official datasets.py): 'v2' (x-128)/128 (1k S/M/L/XL,
+                          21k all variants), 'imagenet' mean/std (1k B0-B3), 'finetune' (x/255-0.5)/0.5 (ImagenetFt)
+  dataset.download        let a run download and prepare a TFDS dataset that is not prepared yet (default: fail
+                          at once, naming the data_dir and the `tfds build` command)
   batch_size              global train batch (divisible by the device count); the LR scales with it
   eval_batch_size         global eval batch (divisible by the device count)
   total_epochs            training length in epochs of the train split
@@ -53,7 +57,7 @@ Experiment files (`configs/<family>.py:<arg>`) call `base_config` and change wha
   checkpoint_every_steps  asynchronous checkpoint interval (also at each stage end, on SIGTERM and at the end)
   keep_checkpoints        how many of the latest checkpoints to keep
   keep_best_checkpoints   how many best-by-eval-top-1 checkpoints to keep in addition
-  eval_every_steps        eval interval at the eval size; 0 = only at the end
+  eval_every_steps        eval interval at the eval size (official: every checkpoint, 1000); 0 = only at the end
   log_every_steps         metric-writer / progress-line interval
   preemption_sync_every_steps   how often processes agree on a SIGTERM stop (a host sync)
   init_from               a checkpoint dir (a training workdir or a converter output) to start from; the
@@ -91,7 +95,8 @@ def base_config(model: str, dataset: str) -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(
         name=dataset, data_dir="", train_split="train", eval_split="eval", augment=variant.augment,
         crop_area_range=(0.08, 1.0) if v1_style else (0.05, 1.0), random_flip=True,
-        eval_crop_rule="v1" if v1_style else "v2", jpeg_downscale=False))
+        eval_crop_rule="v1" if v1_style else "v2", jpeg_downscale=False, normalization=variant.normalization,
+        download=False))
     c.batch_size = 4096
     c.eval_batch_size = 1024
     c.total_epochs = 350.0
@@ -114,7 +119,7 @@ def base_config(model: str, dataset: str) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.keep_best_checkpoints = 1
-    c.eval_every_steps = 0
+    c.eval_every_steps = 1000  # The official recipe evaluates every checkpoint (saved every 1000 steps).
     c.log_every_steps = 100
     c.preemption_sync_every_steps = 10
     c.init_from = ""

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from efficientnetv2_jax import data as data_lib
 from efficientnetv2_jax import inference
+from efficientnetv2_jax.models.normalization import config_normalization
 from efficientnetv2_jax.train import program, steps, train
 from efficientnetv2_jax.train.state import TrainState
 
@@ -48,7 +49,8 @@ def eval_config(loaded: inference.LoadedModel, *, dataset: str | None, split: st
         "dataset": {"name": dataset, "eval_split": split,
                     "data_dir": data_dir if data_dir is not None else (base.dataset.data_dir if base else ""),
                     "augment": "autoaug" if prep.resize_method == "bicubic" else "randaug",  # Picks the resize.
-                    "eval_crop_rule": prep.crop_rule, "jpeg_downscale": prep.jpeg_downscale},
+                    "eval_crop_rule": prep.crop_rule, "jpeg_downscale": prep.jpeg_downscale,
+                    "normalization": config_normalization(loaded.model_name, base)},  # The training recipe's.
         "eval_batch_size": math.ceil(batch / devices) * devices,
         "eval_with_ema": False,  # The loaded variables already are the EMA ones when the checkpoint has them.
         "loss": base.loss if base is not None else "softmax",

@@ -20,6 +20,7 @@ from etils import epath
 
 from efficientnetv2_jax import checkpoint as ckpt_lib
 from efficientnetv2_jax.models import EfficientNetV2, create_model, get_variant, normalize_images
+from efficientnetv2_jax.models.normalization import config_normalization
 
 IMAGENET1K_CLASSES = 1000
 # TFDS moved the ImageNet label file (synset ids in class order) between releases; both places are tried.
@@ -59,9 +60,10 @@ class LoadedModel:
     def logits_fn(self, features: bool = False):
         """uint8 (or [0, 255] float) NHWC images -> float32 logits, or pooled features; inference mode only."""
         model, name = self.model, self.model_name
+        normalization = config_normalization(name, self.config)  # The training recipe's, as its eval step used.
 
         def apply(variables: dict, images: jax.Array) -> jax.Array:
-            x = normalize_images(images, name, model.dtype)
+            x = normalize_images(images, name, model.dtype, normalization)
             if features:
                 return model.apply(variables, x, train=False, return_endpoints=True)["pooled_features"]
             return model.apply(variables, x, train=False).astype(jnp.float32)

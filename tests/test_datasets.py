@@ -20,8 +20,8 @@ def _fresh_sources():
 
 
 def _fetch(source, indices):
-    payload, labels = source.fetch(tf.constant(indices, tf.int64))
-    return payload.numpy(), labels.numpy()
+    """(payloads, int32 [b, W] label indices, int32 [b] label counts) as numpy."""
+    return tuple(t.numpy() for t in source.fetch(tf.constant(indices, tf.int64)))
 
 
 def _write_image(path, value, fmt="png", size=(10, 12)):
@@ -48,13 +48,13 @@ def test_digits_dataset_is_built_offline_with_fixed_stratified_split(tmp_path):
     assert info.split_sizes == {"train": 1437, "eval": 360}
     assert info.class_names == tuple(str(d) for d in range(10))
     source = sources.open_source("digits", "eval", str(tmp_path))
-    payload, labels = _fetch(source, range(360))
+    payload, labels, counts = _fetch(source, range(360))
     images = np.stack([tf.io.decode_png(p).numpy() for p in payload])
     assert images.shape == (360, 8, 8, 3) and images.dtype == np.uint8
     assert images.max() == 255 and images.min() == 0
     np.testing.assert_array_equal(images[..., 0], images[..., 2])
-    assert np.all(labels.sum(-1) == 1)
-    per_class = collections.Counter(labels.argmax(-1).tolist())
+    assert labels.shape == (360, 1) and labels.dtype == np.int32 and np.all(counts == 1)
+    per_class = collections.Counter(labels[:, 0].tolist())
     assert min(per_class.values()) >= 35 and max(per_class.values()) <= 37
 
 
@@ -95,9 +95,27 @@ def test_folder_errors_say_what_to_do(tmp_path):
 
 
 def test_imagenet2012_missing_manual_files_tells_where_to_put_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar") as error:
-        sources.open_source("imagenet2012", "train", str(tmp_path))
-    assert os.path.join(str(tmp_path), "downloads", "manual") in str(error.value)
+    for download in (False, True):
+        with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar") as error:
+            sources.open_source("imagenet2012", "train", str(tmp_path), download)
+        assert os.path.join(str(tmp_path), "downloads", "manual") in str(error.value)
+
+
+def test_unprepared_tfds_dataset_fails_at_once_unless_download_is_asked(tmp_path, monkeypatch):
+    """Issue 17: no silent download; one message naming the data dir, the prepare command and the opt-in."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("download_and_prepare called without download=True")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
+    with pytest.raises(FileNotFoundError) as error:
+        get_dataset_info("cifar10", str(tmp_path / "data"))
+    message = str(error.value)
+    assert "cifar10 is not prepared in " + str(tmp_path / "data") in message
+    assert "tfds build cifar10" in message and "--config.dataset.download=true" in message
+    with pytest.raises(AssertionError, match="without download=True"):  # The opt-in reaches TFDS.
+        sources.open_source("cifar10", "train", str(tmp_path / "data"), download=True)
 
 
 @pytest.fixture
@@ -116,10 +134,10 @@ def test_tfds_datasets_read_by_index(mocked_tfds, tmp_path, name, num_classes):
     manual.mkdir(parents=True)
     for f in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
         (manual / f).write_bytes(b"")
-    source = sources.open_source(name, "train", str(tmp_path))
+    source = sources.open_source(name, "train", str(tmp_path), download=True)
     assert source.num_examples == 12 and source.num_classes == num_classes
-    payload, labels = _fetch(source, [3, 0, 11])
-    assert labels.shape == (3, num_classes) and np.all(labels.sum(-1) == 1)
+    payload, labels, counts = _fetch(source, [3, 0, 11])
+    assert labels.shape == (3, 1) and np.all(counts == 1) and np.all((labels >= 0) & (labels < num_classes))
     assert tf.io.decode_image(payload[0]).shape[-1] == 3
 
 
@@ -154,10 +172,9 @@ def test_imagenet21k_conversion_and_multi_hot_labels(tmp_path):
     assert info.multi_label and info.num_classes == 21843
     assert info.split_sizes == {"train": 4, "eval": 4, "minival": 4}
     train = sources.open_source("imagenet21k", "train", str(tmp_path / "data"))
-    payload, labels = train.fetch(tf.constant([2, 0], tf.int64), normalize_multi_hot=False)
-    for row, i in zip(labels.numpy(), (2, 0)):
-        assert np.flatnonzero(row).tolist() == expected[(2, i)]  # the train split is the third file
-        assert np.all(row[row > 0] == 1.0)
-    _, normalized = train.fetch(tf.constant([2], tf.int64))
-    assert normalized.numpy().sum() == pytest.approx(1.0)
+    payload, labels, counts = _fetch(train, [2, 0])
+    assert labels.shape == (2, registry.MULTI_LABEL_WIDTH) and labels.dtype == np.int32
+    for row, count, i in zip(labels, counts, (2, 0)):
+        assert row[:count].tolist() == expected[(2, i)]  # the train split is the third file
+        assert np.all(row[count:] == -1)
     assert tf.io.decode_jpeg(payload[1]).numpy().mean() == pytest.approx(20, abs=2)

@@ -11,6 +11,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from efficientnetv2_jax.data import input_pipeline, mixing, make_eval_iterator, make_train_iterator, prepare_imagenet21k, sources
 from efficientnetv2_jax.data.example_order import TrainOrder
+from efficientnetv2_jax.train.losses import dense_labels
 
 SIZE = 16
 
@@ -65,9 +66,9 @@ def test_train_iterator_gives_sharded_uint8_batches_with_one_hot_labels(digits_d
     assert batch["image"].shape == (16, SIZE, SIZE, 3) and batch["image"].dtype == jax.numpy.uint8
     assert batch["image"].sharding.spec == PartitionSpec("data")
     assert len(batch["image"].sharding.device_set) == 8
-    labels = np.asarray(batch["label"])
-    assert labels.shape == (16, 10) and labels.dtype == np.float32
-    np.testing.assert_array_equal(labels.sum(-1), 1.0)
+    labels, counts = np.asarray(batch["label_indices"]), np.asarray(batch["label_count"])
+    assert labels.shape == (16, 1) and labels.dtype == np.int32 and 0 <= labels.min() and labels.max() < 10
+    np.testing.assert_array_equal(counts, 1)
     np.testing.assert_array_equal(np.asarray(batch["mask"]), 1.0)
     assert batch["mixup_lambda"].shape == (16,) and batch["mixup_lambda"].dtype == jax.numpy.float32
     assert batch["cutmix_box"].shape == (16, 4) and batch["cutmix_box"].dtype == jax.numpy.int32
@@ -82,9 +83,10 @@ def test_apply_mixing_on_a_real_sharded_batch_keeps_label_mass(digits_dir, mesh)
     it.close()
     assert set(mixing.MIXING_KEYS) <= set(batch)
     images = batch["image"].astype(jax.numpy.float32)
-    mixed_images, mixed_labels = jax.jit(mixing.apply_mixing)(images, batch["label"], batch)
+    labels = jax.jit(lambda b: dense_labels(b, 10, normalize=True))(batch)
+    mixed_images, mixed_labels = jax.jit(mixing.apply_mixing)(images, labels, batch)
     host = {k: np.asarray(v) for k, v in batch.items()}
-    expected_images, expected_labels = mixing.apply_mixing(host["image"].astype(np.float32), host["label"], host)
+    expected_images, expected_labels = mixing.apply_mixing(host["image"].astype(np.float32), np.asarray(labels), host)
     np.testing.assert_allclose(np.asarray(mixed_labels), expected_labels, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(mixed_images), expected_images, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(mixed_labels).sum(-1), 1.0, rtol=1e-6)
@@ -183,7 +185,7 @@ def test_batch_of_only_corrupt_files_stays_full_and_masked(tmp_path):
     batch = next(host)
     assert batch["image"].shape == (2, SIZE, SIZE, 3) and batch["image"].max() == 0
     np.testing.assert_array_equal(batch["mask"], 0.0)
-    np.testing.assert_array_equal(batch["label"].sum(-1), 1.0)
+    np.testing.assert_array_equal(batch["label_count"], 1)
     assert host.num_corrupt == 2
 
 
@@ -199,12 +201,14 @@ def test_multi_hot_labels_are_normalised_unless_disabled(tmp_path):
             }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     prepare_imagenet21k.convert(str(raw / "*"), str(tmp_path / "imagenet21k"), eval_files=0, minival_files=0)
+    batch = next(_host("imagenet21k", data_dir=str(tmp_path), global_batch_size=4))
+    counts = batch["label_count"]
+    assert sorted(counts.tolist()) == [1, 2, 3, 4] and batch["label_indices"].shape == (4, 32)
     for normalize in (True, False):
-        batch = next(_host("imagenet21k", data_dir=str(tmp_path), global_batch_size=4, normalize_multi_hot=normalize))
-        counts = (batch["label"] > 0).sum(-1)
-        assert sorted(counts.tolist()) == [1, 2, 3, 4] and batch["label"].shape == (4, 21843)
-        expected = np.ones(4) if normalize else counts
-        np.testing.assert_allclose(batch["label"].sum(-1), expected, rtol=1e-6)
+        dense = np.asarray(dense_labels(batch, 21843, normalize))
+        assert dense.shape == (4, 21843)
+        np.testing.assert_array_equal((dense > 0).sum(-1), counts)
+        np.testing.assert_allclose(dense.sum(-1), np.ones(4) if normalize else counts, rtol=1e-6)
 
 
 def test_train_order_serves_any_epoch_while_readers_run_epochs_ahead():

@@ -7,6 +7,7 @@ Two layouts are accepted:
     of each class, chosen by a CRC32 hash of the file's relative path (stable when files are added),
     forms ``eval``; the rest is ``train``; ``all`` is everything.
 Class names are the sorted sub-folder names of the train folder (label = position in that list).
+Listing goes through ``tf.io.gfile``, so the folder may live on gs:// (images are read with gfile too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
+
+import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 EVAL_FOLDER_NAMES = ("eval", "test", "validation", "val")
@@ -30,23 +33,25 @@ class FolderSplit:
 
 
 def _class_folders(root: str) -> list[str]:
-    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    names = (d.rstrip("/") for d in tf.io.gfile.listdir(root))
+    return sorted(d for d in names if not d.startswith(".") and tf.io.gfile.isdir(os.path.join(root, d)))
 
 
 def _image_files(class_dir: str) -> list[str]:
     files = []
-    for directory, _, names in os.walk(class_dir):
+    for directory, _, names in tf.io.gfile.walk(class_dir):
         files.extend(os.path.join(directory, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
     return sorted(files)
 
 
 def _in_eval_holdout(root: str, path: str) -> bool:
-    return zlib.crc32(os.path.relpath(path, root).encode()) % 100 < EVAL_PERCENT
+    relative = path[len(root):].lstrip("/")  # Paths are listed under root; no OS call, so gs:// works too.
+    return zlib.crc32(relative.encode()) % 100 < EVAL_PERCENT
 
 
 def _eval_folder(root: str) -> str | None:
     for name in EVAL_FOLDER_NAMES:
-        if os.path.isdir(os.path.join(root, name)):
+        if tf.io.gfile.isdir(os.path.join(root, name)):
             return os.path.join(root, name)
     return None
 
@@ -54,13 +59,13 @@ def _eval_folder(root: str) -> str | None:
 def load_folder_split(root: str, split: str) -> FolderSplit:
     """Lists the images of ``split`` ('train', 'eval' or 'all') under ``root``; clear errors when empty."""
     root = os.path.expanduser(root)
-    if not os.path.isdir(root):
+    if not tf.io.gfile.isdir(root):
         raise FileNotFoundError(f"Folder dataset {root!r} does not exist; point 'folder:<path>' at a directory "
                                 "holding one sub-folder of JPEG/PNG images per class.")
     if split not in ("train", "eval", "all"):
         raise ValueError(f"Unknown split {split!r} for a folder dataset; valid: 'train', 'eval', 'all'.")
     eval_dir = _eval_folder(root)
-    split_layout = eval_dir is not None and os.path.isdir(os.path.join(root, "train"))
+    split_layout = eval_dir is not None and tf.io.gfile.isdir(os.path.join(root, "train"))
     class_root = os.path.join(root, "train") if split_layout else root
     class_names = _class_folders(class_root)
     if not class_names:
@@ -74,7 +79,7 @@ def load_folder_split(root: str, split: str) -> FolderSplit:
     for split_root in roots:
         for label, name in enumerate(class_names):
             class_dir = os.path.join(split_root, name)
-            files = _image_files(class_dir) if os.path.isdir(class_dir) else []
+            files = _image_files(class_dir) if tf.io.gfile.isdir(class_dir) else []
             if not split_layout and split != "all":
                 files = [f for f in files if _in_eval_holdout(root, f) == (split == "eval")]
             paths.extend(files)

@@ -41,14 +41,18 @@ class DatasetInfo:
     split_sizes: dict[str, int]
 
 
-def get_dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
-    """Number of classes, label format, class names and the size of each split alias of ``name``."""
+def get_dataset_info(name: str, data_dir: str | None = None, download: bool = False) -> DatasetInfo:
+    """Number of classes, label format, class names and the size of each split alias of ``name``.
+
+    A TFDS dataset that is not prepared in ``data_dir`` is a FileNotFoundError saying how to prepare it, unless
+    ``download`` is set: then it is downloaded and prepared first.
+    """
     spec = registry.get_dataset_spec(name)
+    source = open_source(name, "train", data_dir, download)
     sizes = {}
     for alias in spec.split_aliases:
         if alias in ("train", "eval", "minival"):
             sizes[alias] = open_source(name, alias, data_dir).num_examples
-    source = open_source(name, "train", data_dir)
     return DatasetInfo(name=name, num_classes=source.num_classes, multi_label=source.multi_label,
                        class_names=source.class_names, split_sizes=sizes)
 
@@ -125,7 +129,7 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
                        augment: str = "randaug", data_dir: str | None = None,
                        area_range: tuple[float, float] = (0.05, 1.0), randaug_layers: int = 2,
                        random_flip: bool = True, jpeg_downscale: bool = False,
-                       normalize_multi_hot: bool = True, mesh: Mesh | None = None, process_index: int | None = None,
+                       mesh: Mesh | None = None, process_index: int | None = None,
                        process_count: int | None = None, num_threads: int | None = None) -> HostBatches:
     """This host's numpy train batches from ``start_step`` on (simulate hosts with process_index/count)."""
     from efficientnetv2_jax.data import mixing, preprocessing  # pylint: disable=g-import-not-at-top
@@ -139,8 +143,9 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
     def read_step(step):
         indices, seeds = tf.numpy_function(order.host_examples, [step], [tf.int64, tf.int64], stateful=False)
         indices = tf.ensure_shape(indices, [host_batch])
-        payload, labels = source.fetch(indices, normalize_multi_hot)
-        return {"payload": payload, "label": labels, "seed": tf.ensure_shape(seeds, [host_batch, 2])}
+        payload, label_indices, label_count = source.fetch(indices)
+        return {"payload": payload, "label_indices": label_indices, "label_count": label_count,
+                "seed": tf.ensure_shape(seeds, [host_batch, 2])}
 
     def image_fn(encoded, example):
         return preprocessing.train_image(encoded, example["seed"], image_size=image_size, augment=augment,
@@ -169,8 +174,7 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
 
 def eval_host_batches(*, dataset: str, split: str, image_size: int, global_batch_size: int,
                       data_dir: str | None = None, resize_method: str = "bilinear", crop_rule: str = "v2",
-                      jpeg_downscale: bool = False,
-                      normalize_multi_hot: bool = True, mesh: Mesh | None = None, process_index: int | None = None,
+                      jpeg_downscale: bool = False, mesh: Mesh | None = None, process_index: int | None = None,
                       process_count: int | None = None, num_threads: int | None = None) -> HostBatches:
     """This host's numpy eval batches: the whole split once, padded, the same number of steps on every host."""
     from efficientnetv2_jax.data import preprocessing  # pylint: disable=g-import-not-at-top
@@ -180,8 +184,8 @@ def eval_host_batches(*, dataset: str, split: str, image_size: int, global_batch
     indices, is_padding = example_order.eval_host_examples(source.num_examples, global_batch_size, index, count)
 
     def read_step(step_indices):
-        payload, labels = source.fetch(step_indices, normalize_multi_hot)
-        return {"payload": payload, "label": labels}
+        payload, label_indices, label_count = source.fetch(step_indices)
+        return {"payload": payload, "label_indices": label_indices, "label_count": label_count}
 
     def image_fn(encoded, example):
         del example
@@ -232,12 +236,12 @@ def make_train_iterator(*, dataset: str, split: str, image_size: int, randaug_ma
                         cutmix_alpha: float, global_batch_size: int, seed: int, start_step: int, mesh: Mesh,
                         augment: str = "randaug", data_dir: str | None = None,
                         area_range: tuple[float, float] = (0.05, 1.0), randaug_layers: int = 2,
-                        random_flip: bool = True, jpeg_downscale: bool = False,
-                        normalize_multi_hot: bool = True, prefetch: int = 2,
+                        random_flip: bool = True, jpeg_downscale: bool = False, prefetch: int = 2,
                         num_threads: int | None = None) -> GlobalBatches:
     """Endless train batches for one progressive stage, from global step ``start_step`` on.
 
-    Keys: image uint8 [B,S,S,3], label float32 [B,K], mask float32 [B] and, when mixup or cutmix is on,
+    Keys: image uint8 [B,S,S,3], label_indices int32 [B,W] and label_count int32 [B] (compact labels, densified
+    on the device by ``train.losses.dense_labels``), mask float32 [B] and, when mixup or cutmix is on,
     mixup_lambda float32 [B] and cutmix_box int32 [B,4]; all sharded over ``mesh``'s 'data' axis.
     """
     host = train_host_batches(dataset=dataset, split=split, image_size=image_size,
@@ -245,20 +249,19 @@ def make_train_iterator(*, dataset: str, split: str, image_size: int, randaug_ma
                               cutmix_alpha=cutmix_alpha, global_batch_size=global_batch_size, seed=seed,
                               start_step=start_step, augment=augment, data_dir=data_dir, area_range=area_range,
                               random_flip=random_flip, jpeg_downscale=jpeg_downscale,
-                              randaug_layers=randaug_layers, normalize_multi_hot=normalize_multi_hot, mesh=mesh,
-                              num_threads=num_threads)
+                              randaug_layers=randaug_layers, mesh=mesh, num_threads=num_threads)
     return GlobalBatches(host, mesh, prefetch)
 
 
 def make_eval_iterator(*, dataset: str, split: str, image_size: int, global_batch_size: int, mesh: Mesh,
                        data_dir: str | None = None, resize_method: str = "bilinear", crop_rule: str = "v2",
-                       jpeg_downscale: bool = False, normalize_multi_hot: bool = True, prefetch: int = 2,
+                       jpeg_downscale: bool = False, prefetch: int = 2,
                        num_threads: int | None = None) -> GlobalBatches:
-    """One pass over the whole split: keys image, label, mask (0 = padding or corrupt); ``len()`` = steps."""
+    """One pass over the whole split: keys image, label_indices, label_count, mask (0 = padding or corrupt);
+    ``len()`` = steps."""
     host = eval_host_batches(dataset=dataset, split=split, image_size=image_size,
                              global_batch_size=global_batch_size, data_dir=data_dir, resize_method=resize_method,
-                             crop_rule=crop_rule, jpeg_downscale=jpeg_downscale,
-                             normalize_multi_hot=normalize_multi_hot, mesh=mesh,
+                             crop_rule=crop_rule, jpeg_downscale=jpeg_downscale, mesh=mesh,
                              num_threads=num_threads)
     return GlobalBatches(host, mesh, prefetch)
 

@@ -7,14 +7,19 @@ The serialized tf.train.Examples (features ``image`` bytes, ``labels`` int64 lis
 unchanged, one ArrayRecord file per TFRecord file. As in the official code the sorted files are
 split into ``eval`` (files [0:16]), ``minival`` ([16:20]) and ``train`` (the rest), written to
 ``<output>/<split>/``; the iterators read ``<data_dir>/imagenet21k/<split>/*.array_record``.
+
+Input and output may be gs:// (or any ``tf.io.gfile`` scheme): every file operation goes through gfile.
+Each ArrayRecord file is written to a local temporary file first and then copied into place, so a
+destination file appears only complete, whatever the storage.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
+import sys
+import tempfile
 from typing import Sequence
 
 import tensorflow as tf
@@ -48,34 +53,37 @@ def convert_file(tfrecord_path: str, array_record_path: str) -> int:
     """Copies one TFRecord file's records into an ArrayRecord file; returns the record count."""
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-    writer = array_record_module.ArrayRecordWriter(array_record_path + ".tmp", "group_size:1")
-    count = 0
-    for serialized in tf.data.TFRecordDataset(tfrecord_path).as_numpy_iterator():
-        if count == 0:
-            _check_features(serialized, tfrecord_path)
-        writer.write(serialized)
-        count += 1
-    writer.close()
-    os.replace(array_record_path + ".tmp", array_record_path)
+    with tempfile.TemporaryDirectory(prefix="prepare_imagenet21k_") as staging:
+        local_path = os.path.join(staging, "records.array_record")
+        writer = array_record_module.ArrayRecordWriter(local_path, "group_size:1")
+        count = 0
+        for serialized in tf.data.TFRecordDataset(tfrecord_path).as_numpy_iterator():
+            if count == 0:
+                _check_features(serialized, tfrecord_path)
+            writer.write(serialized)
+            count += 1
+        writer.close()
+        tf.io.gfile.copy(local_path, array_record_path, overwrite=True)
     return count
 
 
 def convert(input_pattern: str, output_dir: str, eval_files: int = OFFICIAL_EVAL_FILES,
             minival_files: int = OFFICIAL_MINIVAL_FILES) -> dict[str, int]:
     """Converts every file matching ``input_pattern``; returns the number of examples per split."""
-    files = glob.glob(os.path.expanduser(input_pattern))
+    files = tf.io.gfile.glob(os.path.expanduser(input_pattern))
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {input_pattern!r}.")
+    output_dir = os.path.expanduser(output_dir)
     counts = {}
     for split, split_inputs in split_files(files, eval_files, minival_files).items():
-        split_dir = os.path.join(os.path.expanduser(output_dir), split)
-        os.makedirs(split_dir, exist_ok=True)
+        split_dir = os.path.join(output_dir, split)
+        tf.io.gfile.makedirs(split_dir)
         counts[split] = sum(
             convert_file(path, os.path.join(split_dir, os.path.basename(path) + ".array_record"))
             for path in split_inputs
         )
-    with open(os.path.join(os.path.expanduser(output_dir), "splits.json"), "w", encoding="utf-8") as f:
-        json.dump(counts, f, indent=2)
+    with tf.io.gfile.GFile(os.path.join(output_dir, "splits.json"), "w") as f:
+        f.write(json.dumps(counts, indent=2))
     return counts
 
 
@@ -88,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--minival_files", type=int, default=OFFICIAL_MINIVAL_FILES)
     args = parser.parse_args(argv)
     tf.config.set_visible_devices([], "GPU")
-    counts = convert(args.input, args.output, args.eval_files, args.minival_files)
+    try:
+        counts = convert(args.input, args.output, args.eval_files, args.minival_files)
+    except (FileNotFoundError, ValueError) as error:  # Bad input: one line, no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(counts))
 
 

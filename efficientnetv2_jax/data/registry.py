@@ -24,6 +24,14 @@ from typing import Mapping
 DIGITS_TFDS_NAME = "sklearn_digits"
 IMAGENET21K_NUM_CLASSES = 21843
 FOLDER_PREFIX = "folder:"
+# Labels leave the host as this many class indices per example (plus a count) for multi-label datasets:
+# the official 21k TFRecords carry a handful per image; more is reported as an error, never truncated.
+MULTI_LABEL_WIDTH = 32
+
+
+def label_width(multi_label: bool) -> int:
+    """W of the int32 [batch, W] label indices a host sends: 1 for single-label datasets."""
+    return MULTI_LABEL_WIDTH if multi_label else 1
 
 
 @dataclasses.dataclass(frozen=True)

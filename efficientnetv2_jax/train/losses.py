@@ -1,13 +1,41 @@
-"""Losses with the official label smoothing, and exact (masked) evaluation counts."""
+"""Dense targets from compact labels, losses with the official label smoothing, exact (masked) eval counts."""
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from efficientnetv2_jax.data.registry import label_width
+
 LOSSES = ("softmax", "sigmoid")
+
+
+def compact_label_shapes(batch_size: int, multi_label: bool, sharding: Any = None) -> dict:
+    """Abstract shapes of a batch's compact labels (what the iterators send), for ahead-of-time compilation."""
+    width = label_width(multi_label)
+    return {"label_indices": jax.ShapeDtypeStruct((batch_size, width), jnp.int32, sharding=sharding),
+            "label_count": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
+
+
+def dense_labels(batch: Mapping[str, jax.Array], num_classes: int, normalize: bool) -> jax.Array:
+    """float32 [B, K] targets from the batch's compact labels, computed on the device inside the step.
+
+    ``label_indices`` int32 [B, W] holds class ids of which the first ``label_count`` [B] are real: one-hot for
+    W = 1, multi-hot (1 per distinct class) otherwise, divided by its sum when ``normalize`` (the softmax loss of
+    the official multi-label recipe). Each class is compared with the W ids: elementwise, so it shards over the
+    batch like the images and never gathers the global batch.
+    """
+    indices, count = batch["label_indices"], batch["label_count"]
+    real = jnp.arange(indices.shape[-1]) < count[:, None]
+    indices = jnp.where(real, indices, -1)
+    dense = jnp.any(indices[:, :, None] == jnp.arange(num_classes), axis=1).astype(jnp.float32)
+    if normalize:
+        dense = dense / jnp.maximum(dense.sum(-1, keepdims=True), 1.0)
+    return dense
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array, label_smoothing: float,

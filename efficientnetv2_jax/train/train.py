@@ -71,7 +71,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     variant = get_variant(config.model.name)  # Unknown model names fail here, before any data is read.
 
     # ------------------------------------------------------------------ data
-    info = data_lib.get_dataset_info(config.dataset.name, config.dataset.data_dir or None)
+    info = data_lib.get_dataset_info(config.dataset.name, config.dataset.data_dir or None,
+                                     download=config.dataset.download)
     train_examples = info.split_sizes[config.dataset.train_split]
     steps_per_epoch = train_examples / config.batch_size
     total_steps = config.total_steps if config.total_steps > 0 else int(config.total_epochs * steps_per_epoch)

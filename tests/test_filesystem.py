@@ -1,0 +1,130 @@
+"""Data paths on a bucket: every file operation of the data layer goes through tf.io.gfile.
+
+TensorFlow's in-memory ``ram://`` filesystem stands in for gs:// (no network). The ``bucket`` fixture makes
+every local-OS file call (open, stat, listdir, scandir, makedirs, rename, remove, ...) fail when it is given a
+``ram:`` path, so a test passes only if no code path treats a bucket path as a local file.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import uuid
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2_jax.data import get_dataset_info, input_pipeline, prepare_imagenet21k, sources
+from efficientnetv2_jax.data.folder_source import load_folder_split
+
+_OS_FILE_CALLS = ("stat", "lstat", "listdir", "scandir", "makedirs", "mkdir", "replace", "rename", "remove",
+                  "unlink", "rmdir", "open", "access")
+
+
+def _touches_bucket(args) -> bool:
+    return any("ram:" in os.fsdecode(a) for a in args if isinstance(a, (str, bytes, os.PathLike)))
+
+
+@pytest.fixture
+def local_os_calls(monkeypatch):
+    """Local-OS file calls on ram: paths raise, and are recorded here (the guard catches swallowed ones too)."""
+    calls = []
+
+    def guard(name, real):
+        def guarded(*args, **kwargs):
+            if _touches_bucket(args):
+                calls.append(f"{name}{args}")
+                raise AssertionError(f"local OS call {name}{args} on a bucket path")
+            return real(*args, **kwargs)
+        return guarded
+
+    for name in _OS_FILE_CALLS:
+        monkeypatch.setattr(os, name, guard(f"os.{name}", getattr(os, name)))
+    monkeypatch.setattr(builtins, "open", guard("open", builtins.open))
+    monkeypatch.setattr(io, "open", guard("io.open", io.open))
+    return calls
+
+
+@pytest.fixture
+def bucket(local_os_calls, monkeypatch, tmp_path):
+    """A fresh ram:// 'bucket' URL under the guard; afterwards no guarded call and no local 'ram:' folder."""
+    monkeypatch.chdir(tmp_path)
+    sources.open_source.cache_clear()
+    yield f"ram://bucket-{uuid.uuid4().hex[:8]}"
+    sources.open_source.cache_clear()
+    assert not local_os_calls, local_os_calls
+    assert not list(tmp_path.glob("ram*")), "a bucket path was created as a local folder"
+
+
+def _write_folder_dataset(root: str, per_class: int = 4) -> None:
+    for label, name in enumerate(("cat", "dog", "eel")):
+        for i in range(per_class):
+            image = np.full((40, 30, 3), 60 * label + i, np.uint8)
+            tf.io.gfile.makedirs(f"{root}/{name}")
+            tf.io.write_file(f"{root}/{name}/{i}.png", tf.io.encode_png(image))
+
+
+def test_the_guard_catches_a_local_call(local_os_calls):
+    with pytest.raises(AssertionError, match="local OS call"):
+        os.path.exists("ram://bucket/x")
+    with pytest.raises(AssertionError, match="local OS call"):
+        open("ram://bucket/x", encoding="utf-8")
+    assert os.path.exists("/")  # Local paths are untouched.
+    assert len(local_os_calls) == 2
+
+
+def test_folder_dataset_on_a_bucket_lists_and_reads_through_gfile(bucket):
+    root = f"{bucket}/pets"
+    _write_folder_dataset(root)
+    split = load_folder_split(root, "all")
+    assert split.class_names == ("cat", "dog", "eel") and len(split.paths) == 12
+    assert all(p.startswith(root + "/") for p in split.paths)
+    info = get_dataset_info(f"folder:{root}")
+    assert info.num_classes == 3 and info.split_sizes["train"] + info.split_sizes["eval"] == 12
+    batch = next(input_pipeline.train_host_batches(
+        dataset=f"folder:{root}", split="trainval", image_size=16, randaug_magnitude=0.0, mixup_alpha=0.0,
+        cutmix_alpha=0.0, global_batch_size=4, seed=0, augment="none", process_index=0, process_count=1,
+        num_threads=2))
+    assert batch["image"].shape == (4, 16, 16, 3) and np.all(batch["mask"] == 1)
+    values = batch["image"].reshape(4, -1).mean(-1)
+    np.testing.assert_allclose(values, 60 * batch["label_indices"][:, 0] + np.round(values % 60), atol=1)
+
+
+def test_imagenet21k_converter_reads_and_writes_a_bucket(bucket):
+    raw = f"{bucket}/raw"
+    tf.io.gfile.makedirs(raw)
+    for f in range(3):
+        with tf.io.TFRecordWriter(f"{raw}/imagenet21k-{f:05d}") as writer:
+            for i in range(2):
+                feature = {
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(
+                        value=[tf.io.encode_png(np.full((8, 8, 3), i, np.uint8)).numpy()])),
+                    "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[f, 10 + i])),
+                }
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    output = f"{bucket}/tensorflow_datasets/imagenet21k"
+    counts = prepare_imagenet21k.convert(f"{raw}/imagenet21k*", output, eval_files=1, minival_files=1)
+    assert counts == {"eval": 2, "minival": 2, "train": 2}
+    with tf.io.gfile.GFile(f"{output}/splits.json") as f:
+        assert json.loads(f.read()) == counts
+    assert sources.imagenet21k_files(f"{bucket}/tensorflow_datasets", "train") == [
+        f"{output}/train/imagenet21k-00002.array_record"]
+    assert tf.io.gfile.stat(f"{output}/eval/imagenet21k-00000.array_record").length > 0
+    assert not tf.io.gfile.glob(f"{output}/*/*.tmp")
+
+
+def test_converter_cli_reports_an_empty_bucket_in_one_line(bucket, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_imagenet21k.main(["--input", f"{bucket}/none/imagenet21k*", "--output", f"{bucket}/out"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No TFRecord files match") and err.count("\n") == 1
+
+
+def test_missing_imagenet21k_on_a_bucket_says_how_to_convert(bucket):
+    with pytest.raises(FileNotFoundError, match="prepare_imagenet21k") as error:
+        sources.imagenet21k_files(f"{bucket}/tfds", "train")
+    assert f"{bucket}/tfds/imagenet21k/train" in str(error.value)
