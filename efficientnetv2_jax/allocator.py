@@ -5,10 +5,16 @@ An allocator can only be swapped before the process starts, so `reexec_with_fast
 current command once with `LD_PRELOAD` set to the mimalloc shipped by the `cmeel-mimalloc` wheel. Only for the
 CPU backend on Linux: TPU VMs and GPU machines keep their own allocator. `EFFICIENTNETV2_JAX_ALLOCATOR=system`
 turns it off; `=mimalloc` asks for it and fails loudly when it cannot be had.
+
+The backend is decided without importing JAX: an accelerator counts when its JAX plugin is installed AND its device
+nodes exist. libtpu alone (installed for the pod planner's AOT compiles) does not make a machine a TPU VM, and
+`pin_cpu_backend_without_accelerator()` then sets JAX_PLATFORMS=cpu so that JAX does not probe for a TPU (which
+prints several lines of libtpu warnings on every command).
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import importlib.util
 import os
@@ -19,7 +25,13 @@ _ENV_DONE = "EFFICIENTNETV2_JAX_ALLOCATOR_ACTIVE"
 _CHOICES = ("auto", "mimalloc", "system")
 # Keep freed memory mapped: a training step frees and re-allocates the same buffer sizes every step.
 _MIMALLOC_DEFAULTS = {"MIMALLOC_PURGE_DELAY": "-1"}
-_ACCELERATOR_PLUGINS = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+_TPU_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*")  # TPU v2-v4 / v5+ chips on a Cloud TPU VM
+_GPU_DEVICES = ("/dev/nvidia[0-9]*",)
+# Each accelerator plugin JAX can load, with the device nodes that say its hardware is there.
+_ACCELERATOR_PLUGINS = {
+    "libtpu": _TPU_DEVICES, "jax_cuda12_plugin": _GPU_DEVICES, "jax_cuda13_plugin": _GPU_DEVICES,
+    "jax_rocm60_plugin": ("/dev/kfd",), "jax_rocm7_plugin": ("/dev/kfd",),
+}
 
 
 def mimalloc_library() -> str | None:
@@ -32,12 +44,29 @@ def mimalloc_library() -> str | None:
     return libraries[0] if libraries else None
 
 
+def tpu_device_present() -> bool:
+    """Whether this machine has TPU chips (a Cloud TPU VM), whatever is installed."""
+    return any(glob.glob(pattern) for pattern in _TPU_DEVICES)
+
+
+def accelerator_present() -> bool:
+    """Whether JAX has an accelerator to use here: an installed plugin whose devices exist."""
+    return any(importlib.util.find_spec(plugin) and any(glob.glob(p) for p in patterns)
+               for plugin, patterns in _ACCELERATOR_PLUGINS.items())
+
+
 def _runs_on_cpu_backend() -> bool:
-    """True unless JAX is pointed at, or has a plugin for, an accelerator (decided without importing JAX)."""
+    """True unless JAX is pointed at, or will find, an accelerator (decided without importing JAX)."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
-    return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
+    return not accelerator_present()
+
+
+def pin_cpu_backend_without_accelerator() -> None:
+    """Sets JAX_PLATFORMS=cpu when it is unset and no accelerator is present (see the module docstring)."""
+    if not os.environ.get("JAX_PLATFORMS") and not accelerator_present():
+        os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def reexec_with_fast_allocator() -> None:

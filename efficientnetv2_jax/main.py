@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import glob
 import importlib.util
 import logging
 import pathlib
@@ -26,7 +25,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from efficientnetv2_jax import allocator
+from efficientnetv2_jax import allocator, cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file with its argument, e.g. configs/imagenet1k.py:s; override any "
@@ -35,10 +34,11 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and summary.jso
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs off Cloud TPU.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("verbose", False, "Show third-party logs and the traceback of an error.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class ConfigError(ValueError):
+class ConfigError(cli.UsageError):
     """A config file that cannot be found or loaded, or a bad override: one line for the user, exit code 2."""
 
 
@@ -111,11 +111,6 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     return flag_values.config
 
 
-def _on_cloud_tpu_vm() -> bool:
-    """TPU VMs expose their chips as /dev/accel* (v2-v4) or /dev/vfio/* (v5+); JAX then finds its peers itself."""
-    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
-
-
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
     """Joins the multi-controller runtime when asked to (flags) or when running on a Cloud TPU VM."""
@@ -127,7 +122,7 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
     if all(given):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes need gloo collectives.
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif _on_cloud_tpu_vm():
+    elif allocator.tpu_device_present():  # A Cloud TPU VM: JAX finds its peers by itself.
         jax.distributed.initialize()
 
 
@@ -146,22 +141,26 @@ def parse_flags(argv: list[str]) -> Command:
         return Command(load_config(FLAGS.config, rest[1:]), FLAGS.workdir)
     except (flags.Error, ConfigError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(cli.EXIT_USAGE)
+
+
+def _train(command: Command) -> None:
+    """Joins the other processes if any, then trains; the progress lines of this package stay on."""
+    logging.getLogger("efficientnetv2_jax").setLevel(logging.INFO)
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    cli.import_quietly("tensorflow", FLAGS.verbose)  # Its oneDNN and CPU-feature lines, printed at import.
+    from efficientnetv2_jax.train import train
+
+    train.train_and_evaluate(command.config, command.workdir)
 
 
 def main(command: Command) -> None:
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and clu log every save/write at INFO.
-    logging.getLogger("efficientnetv2_jax").setLevel(logging.INFO)
-    try:
-        initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        from efficientnetv2_jax.train import train
-
-        train.train_and_evaluate(command.config, command.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:  # One clear line, no traceback.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    """The CLI convention (cli.run): bad input (a ValueError, e.g. an indivisible batch) exits 2, a failure 1."""
+    sys.exit(cli.run(lambda _: _train(command), ["--verbose"] if FLAGS.verbose else [],
+                     usage_errors=(cli.UsageError, ValueError, FileNotFoundError)))
 
 
 if __name__ == "__main__":
+    allocator.pin_cpu_backend_without_accelerator()
     allocator.reexec_with_fast_allocator()
     app.run(main, flags_parser=parse_flags)

@@ -45,3 +45,16 @@ def test_unknown_choice_is_one_clear_line():
     done = run_probe(**{allocator.ENV_CHOICE: "jemalloc"})
     assert done.returncode != 0
     assert done.stderr.strip() == (f"error: {allocator.ENV_CHOICE}='jemalloc'; valid values: auto, mimalloc, system.")
+
+
+def test_without_accelerator_devices_the_cpu_backend_is_pinned_quietly_and_gets_mimalloc():
+    """libtpu installed (the planner needs it) but no TPU chips: CPU backend, mimalloc, and no libtpu warnings."""
+    probe = ("from efficientnetv2_jax import allocator; allocator.pin_cpu_backend_without_accelerator(); "
+             "allocator.reexec_with_fast_allocator(); import jax, os; "
+             "print(allocator.active_allocator(), os.environ['JAX_PLATFORMS'], jax.default_backend())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EFFICIENTNETV2_JAX_ALLOCATOR", "JAX_PLATFORMS"))}
+    env.pop("LD_PRELOAD", None)
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["mimalloc", "cpu", "cpu"]
+    assert "tpu" not in done.stderr.lower(), done.stderr

@@ -116,6 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trained_images = 0
     train_seconds_total = 0.0
     preempted = False
+    reporter = None
     with PreemptionWatcher(sync_every_steps=config.preemption_sync_every_steps) as watcher:
         for stage in stages:
             record = dataclasses.asdict(stage) | {"train_seconds": 0.0, "compile_seconds": 0.0}
@@ -135,8 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 area_range=tuple(config.dataset.crop_area_range), random_flip=config.dataset.random_flip,
                 jpeg_downscale=config.dataset.jpeg_downscale)
             reporter = ProgressReporter(total_steps=total_steps, start_step=step, batch_size=config.batch_size,
-                                        stage=stage, num_stages=len(stages), writer=writer, history=history,
-                                        log_every_steps=config.log_every_steps)
+                                        stage=stage, stages=stages, writer=writer, history=history,
+                                        compile_seconds=[r["compile_seconds"] for r in stage_records],
+                                        log_every_steps=config.log_every_steps, previous=reporter)
             stage_started = time.perf_counter()
             try:
                 while step < stage.end_step:
@@ -144,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     state, metrics = compiled(state, batch)
                     step += 1
                     trained_images += config.batch_size
-                    reporter.step_done(step, metrics)  # Checks for NaN/Inf on log steps.
+                    reporter.step_done(step, metrics)  # Fetches and checks the previous log step.
                     is_eval = config.eval_every_steps > 0 and step % config.eval_every_steps == 0
                     if is_eval and step < total_steps:
                         eval_metrics = evaluate(eval_fn, state, config, mesh, eval_size)
@@ -190,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     if jax.process_index() == 0:
         (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2))
-        plots.plot_training_curves(workdir, stage_records)
+        plots.plot_training_curves(workdir, stage_records, eval_size)
     writer.flush()
     writer.close()
     logger.info("Done: eval top-1 %.4f after %d steps; summary in %s.", summary.get("eval_top1", float("nan")),
