@@ -1,4 +1,5 @@
-"""Export: the SavedModel loaded back in TensorFlow reproduces the JAX logits/features on images of any size."""
+"""Export: the SavedModel loaded back in TensorFlow reproduces the JAX logits/features of an independent reference
+(tests/eval_reference.py: NumPy crop and resize) on real photos, at several sizes and with every crop rule."""
 
 from __future__ import annotations
 
@@ -6,53 +7,92 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from sklearn.datasets import load_sample_images
 
-from efficientnetv2_jax import export, inference
-from efficientnetv2_jax.data.preprocessing import eval_image
+import eval_reference
+from efficientnetv2_jax import export, inference, predict
 from inference_checkpoint import tiny_config, write_tiny_checkpoint
 
 RANDOM_OP_MARKERS = ("Random", "Multinomial", "Dropout")
+EXPORT_SIZE = 96
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("ckpt"))
-    write_tiny_checkpoint(workdir, tiny_config(eval_image_size=32, crop_rule="v2"))
+    write_tiny_checkpoint(workdir, tiny_config(eval_image_size=EXPORT_SIZE, crop_rule="v2"))
     loaded = inference.load_checkpoint(workdir)
     output = str(tmp_path_factory.mktemp("export") / "saved_model")
     assert export.main(["--checkpoint", workdir, "--output", output, "--platforms", "cpu"]) == 0
     return loaded, tf.saved_model.load(output)
 
 
-def _jax_reference(loaded, images: np.ndarray, features: bool = False) -> np.ndarray:
-    """The JAX model on the trainer's eval preprocessing of each image (PNG-encoded, lossless)."""
+@pytest.fixture(scope="module")
+def decoded_photos(photo_jpegs) -> dict[str, np.ndarray]:
+    """The shared real photos (500x375, 375x500, 120x90, 1400x1050, grey) as uint8 RGB."""
+    return {name: eval_reference.decode(path.read_bytes()) for name, path in photo_jpegs.items()}
+
+
+def reference_outputs(loaded, images: np.ndarray, features: bool = False) -> np.ndarray:
+    """The JAX model on the NumPy eval image of each decoded image (the checkpoint's size, rule and resize)."""
     prep = loaded.preprocessing
-    batch = np.stack([eval_image(tf.io.encode_png(image), image_size=prep.image_size,
-                                 resize_method=prep.resize_method, crop_rule=prep.crop_rule).numpy()
-                      for image in images])
-    return np.asarray(loaded.logits_fn(features=features)(loaded.variables, batch))
+    batch = np.stack([eval_reference.as_uint8(eval_reference.eval_image(image, prep.image_size, prep.crop_rule,
+                                                                        prep.resize_method)) for image in images])
+    return np.asarray(jax.jit(loaded.logits_fn(features=features))(loaded.variables, batch))
 
 
-@pytest.mark.parametrize("shape", [(3, 41, 57), (2, 64, 64)])
-def test_serving_signature_matches_jax_logits(exported, shape):
+def assert_logits_match(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want)) <= 1e-3 * np.max(np.abs(want))
+    np.testing.assert_array_equal(np.argmax(got, -1), np.argmax(want, -1))  # Top-1 counted by hand.
+
+
+def test_serving_signature_matches_the_reference_on_real_photos(exported, decoded_photos):
     loaded, saved = exported
-    images = np.random.default_rng(sum(shape)).integers(0, 256, shape + (3,), dtype=np.uint8)
-    outputs = saved.signatures["serving_default"](images=tf.constant(images))
-    want = _jax_reference(loaded, images)
-    logits = outputs["logits"].numpy()
-    assert logits.shape == (shape[0], 10)
-    assert np.max(np.abs(logits - want)) <= 1e-4 * np.max(np.abs(want))
-    np.testing.assert_allclose(outputs["probabilities"].numpy(), tf.nn.softmax(want).numpy(), atol=1e-6)
+    for name in ("landscape", "large", "grey"):  # Each call costs seconds; every photo's pixels: the test below.
+        batch = np.stack([decoded_photos[name], decoded_photos[name][:, ::-1]])  # The photo and its mirror.
+        outputs = saved.signatures["serving_default"](images=tf.constant(batch))
+        want = reference_outputs(loaded, batch)
+        assert outputs["logits"].shape == (2, 10), name
+        assert_logits_match(outputs["logits"].numpy(), want)
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), eval_reference.softmax(outputs["logits"].numpy()),
+                                   atol=1e-6)
 
 
-def test_feature_vector_has_the_head_width_and_matches_jax(exported):
+@pytest.mark.parametrize(("size", "crop_rule", "resize_method"), [
+    (96, "v2", "bilinear"),    # the saved model's: centre crop below 320 px
+    (320, "v2", "bilinear"),   # V2 from 320 px: the whole image
+    (224, "v1", "bicubic"),    # V1 (B0-B3): centre crop, offsets rounded up, TF1 bicubic
+    (80, "full", "bilinear"),  # finetune eval: the whole image
+])
+def test_preprocessing_of_every_size_and_crop_rule_is_the_reference_image(decoded_photos, size, crop_rule,
+                                                                         resize_method):
+    preprocess = export.make_tf_preprocessing(inference.EvalPreprocessing(size, resize_method, crop_rule))
+    for name, image in decoded_photos.items():
+        ours = preprocess(tf.constant(image[None])).numpy()[0].astype(int)
+        want = eval_reference.as_uint8(eval_reference.eval_image(image, size, crop_rule, resize_method)).astype(int)
+        assert (np.abs(ours - want) <= 1).mean() >= 0.999, f"{name} at {size} px, {crop_rule}"
+
+
+def test_feature_vector_has_the_head_width_and_matches_the_reference(exported, decoded_photos):
     loaded, saved = exported
-    images = np.random.default_rng(1).integers(0, 256, (2, 50, 36, 3), dtype=np.uint8)
+    images = decoded_photos["portrait"][None]
     features = saved.signatures["feature_vector"](images=tf.constant(images))["feature_vector"].numpy()
     assert export.feature_width(loaded) == 320  # round_filters(1280, 0.25)
-    assert features.shape == (2, export.feature_width(loaded))
-    want = _jax_reference(loaded, images, features=True)
-    assert np.max(np.abs(features - want)) <= 1e-4 * np.max(np.abs(want))
+    assert features.shape == (1, export.feature_width(loaded))
+    want = reference_outputs(loaded, images, features=True)
+    assert np.max(np.abs(features - want)) <= 1e-3 * np.max(np.abs(want))
+
+
+def test_saved_model_agrees_with_predict_on_a_jpeg(exported):
+    """predict decodes the JPEG file itself; the SavedModel gets the decoded pixels: same eval image, same logits."""
+    loaded, saved = exported
+    flower = [path for path in load_sample_images().filenames if path.endswith("flower.jpg")]
+    from_predict = jax.jit(loaded.logits_fn())(loaded.variables, predict.load_images(flower, loaded.preprocessing))
+    with open(flower[0], "rb") as file:
+        pixels = eval_reference.decode(file.read())
+    from_saved_model = saved.signatures["serving_default"](images=tf.constant(pixels[None]))["logits"].numpy()
+    assert_logits_match(from_saved_model, np.asarray(from_predict))
 
 
 def _op_types(graph_def: tf.compat.v1.GraphDef) -> set[str]:

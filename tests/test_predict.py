@@ -1,4 +1,5 @@
-"""predict: top-5 classes with names and probabilities for real photos (JPEG and PNG of any size)."""
+"""predict: top-5 classes with names and probabilities for real photos (JPEG and PNG of any size), checked against
+an independent reference (tests/eval_reference.py: NumPy crop and resize, softmax and ranking by hand)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.datasets import load_sample_images
 
+import eval_reference
 from efficientnetv2_jax import inference, predict
-from efficientnetv2_jax.data.preprocessing import eval_image
 from inference_checkpoint import tiny_config, write_tiny_checkpoint
 
 LINE = re.compile(r"^  ([1-5])\. +([0-9.]+)%  (.+)$")
@@ -25,31 +25,52 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """scikit-learn's two sample JPEGs (427x640) and a 97x130 PNG cut from one of them."""
-    jpegs = list(load_sample_images().filenames)
+def photos(photo_jpegs, tmp_path_factory):
+    """The shared real-photo JPEGs (500x375, 375x500, 120x90, 1400x1050, grey) and a 97x130 PNG cut from one."""
     png = tmp_path_factory.mktemp("png") / "crop.png"
-    png.write_bytes(tf.io.encode_png(load_sample_images().images[1][100:197, 200:330]).numpy())
-    return jpegs + [str(png)]
+    crop = eval_reference.decode(photo_jpegs["portrait"].read_bytes())[100:197, 200:330]
+    png.write_bytes(tf.io.encode_png(crop).numpy())
+    return [str(path) for path in photo_jpegs.values()] + [str(png)]
 
 
-def test_prints_five_named_classes_per_image_matching_the_model(workdir, photos, capsys):
-    assert predict.main(["--checkpoint", workdir] + photos) == 0
+def reference_images(paths: list[str], size: int) -> np.ndarray:
+    """uint8 [N, size, size, 3]: the NumPy eval image of each file (V2 rule, bilinear), rounded to uint8."""
+    images = []
+    for path in paths:
+        with open(path, "rb") as file:
+            images.append(eval_reference.as_uint8(eval_reference.eval_image(eval_reference.decode(file.read()), size)))
+    return np.stack(images)
+
+
+@pytest.mark.parametrize("size", [48, 96, 224])
+def test_images_are_the_reference_eval_images(workdir, photos, size):
+    prep = inference.load_checkpoint(workdir, image_size=size).preprocessing
+    ours, want = predict.load_images(photos, prep).astype(int), reference_images(photos, size).astype(int)
+    assert ours.shape == want.shape == (len(photos), size, size, 3)
+    for path, image, reference in zip(photos, ours, want):
+        assert (np.abs(image - reference) <= 1).mean() >= 0.999, path
+
+
+@pytest.mark.parametrize("size", [None, 96])
+def test_prints_five_named_classes_per_image_matching_the_reference(workdir, photos, capsys, size):
+    args = ["--checkpoint", workdir] + (["--image-size", str(size)] if size else []) + photos
+    assert predict.main(args) == 0
+    size = size or 48
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("efficientnetv2-b0, 48x48 px, v2 crop, bilinear resize")
+    assert out[0].startswith(f"efficientnetv2-b0, {size}x{size} px, v2 crop, bilinear resize")
     loaded = inference.load_checkpoint(workdir)
-    prep = loaded.preprocessing
-    for index, path in enumerate(photos):
+    logits = np.asarray(jax.jit(loaded.logits_fn())(loaded.variables, reference_images(photos, size)))
+    for index, (path, row) in enumerate(zip(photos, logits)):
         block = out[1 + 6 * index: 7 + 6 * index]
         assert block[0] == path
         parsed = [LINE.match(line).groups() for line in block[1:]]
         assert [int(rank) for rank, _, _ in parsed] == [1, 2, 3, 4, 5]
-        image = eval_image(tf.io.read_file(path), image_size=48, resize_method=prep.resize_method,
-                           crop_rule=prep.crop_rule).numpy()
-        probabilities = np.asarray(jax.nn.softmax(loaded.logits_fn()(loaded.variables, image[None])[0]))
-        best = np.argsort(-probabilities)[:5]
-        assert [name for _, _, name in parsed] == [str(i) for i in best]  # Digits' class names are '0'..'9'.
-        np.testing.assert_allclose([float(p) for _, p, _ in parsed], 100 * probabilities[best], atol=0.006)
+        printed = [int(name) for _, _, name in parsed]  # Digits' class names are '0'..'9'.
+        percent = 100 * eval_reference.softmax(row)
+        assert printed[0] == int(np.argmax(row))  # Top-1 by hand from the logits.
+        np.testing.assert_allclose([float(p) for _, p, _ in parsed], percent[printed], atol=0.006)
+        assert min(percent[printed]) >= np.sort(percent)[-5] - 0.006  # A top-5 set up to ties.
+    assert len(set(np.argmax(logits, -1))) > 1, "one top class for every photo: a swap would go unseen"
 
 
 def test_image_size_flag_and_top_k(workdir, photos, capsys):

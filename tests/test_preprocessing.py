@@ -1,10 +1,12 @@
 """Train/eval preprocessing: shapes, formats, determinism, the official eval crop rules, and real photos
-(tests/photos.py) against a reference written here: full-resolution decode, crop, resize with plain TF ops."""
+(tests/photos.py) against an independent reference (tests/eval_reference.py: full-resolution decode, crop,
+NumPy resize)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import eval_reference
 import photos
 from efficientnetv2_jax.data import preprocessing
 
@@ -93,31 +95,10 @@ def test_crop_and_flip_only_path_with_full_area_is_resize_or_its_mirror(photo):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Real photos vs an independent reference: the official decode_image (full resolution) -> crop -> resize.
+# Real photos vs the independent reference: official decode_image (full resolution) -> crop -> resize.
 # ---------------------------------------------------------------------------------------------------------
 
 MIN_SHARE_WITHIN_ONE_LEVEL = 0.999
-
-
-def reference_resize(pixels: np.ndarray, size: int, method: str) -> np.ndarray:
-    """Official resize of a uint8 crop, float32 output: tf.image.resize bilinear, or TF1 resize_bicubic."""
-    image = tf.constant(pixels, tf.float32)
-    if method == "bilinear":
-        return tf.image.resize(image, [size, size], method="bilinear").numpy()
-    return tf.raw_ops.ResizeBicubic(images=image[None], size=[size, size], align_corners=False,
-                                    half_pixel_centers=False)[0].numpy()
-
-
-def reference_eval(data: bytes, size: int, crop_rule: str, method: str) -> np.ndarray:
-    """Official eval: decode fully, centre crop int(S/(S+32) * short side) (v2: only below 320 px), resize."""
-    pixels = tf.io.decode_jpeg(data, channels=3).numpy()
-    height, width = pixels.shape[:2]
-    if crop_rule == "v1" or size < 320:
-        crop = int(np.float32(size / (size + 32)) * np.float32(min(height, width)))
-        extra = 1 if crop_rule == "v1" else 0
-        top, left = (height - crop + extra) // 2, (width - crop + extra) // 2
-        pixels = pixels[top:top + crop, left:left + crop]
-    return reference_resize(pixels, size, method)
 
 
 def reference_train_window(data: bytes, seed: tf.Tensor, area_range=(0.05, 1.0)) -> tuple[int, int, int, int]:
@@ -144,8 +125,8 @@ def test_eval_images_of_real_photos_equal_the_full_resolution_reference(name):
                                     (240, "v1", "bicubic"), (300, "v1", "bicubic")]:
         ours = preprocessing.eval_image(tf.constant(data), image_size=size, resize_method=method,
                                         crop_rule=crop_rule).numpy()
-        assert_close_to_reference(ours, reference_eval(data, size, crop_rule, method),
-                                  f"{name} eval {size} px {crop_rule}")
+        reference = eval_reference.eval_image(eval_reference.decode(data), size, crop_rule, method)
+        assert_close_to_reference(ours, reference, f"{name} eval {size} px {crop_rule}")
 
 
 @pytest.mark.parametrize("name", sorted(photos.SIZES))
@@ -158,7 +139,7 @@ def test_random_train_crops_of_real_photos_equal_the_full_resolution_reference(n
             ours = preprocessing.train_image(tf.constant(data), seed, image_size=size, augment="none",
                                              randaug_magnitude=0.0, random_flip=False).numpy()
             top, left, height, width = reference_train_window(data, seed)
-            reference = reference_resize(full[top:top + height, left:left + width], size, "bilinear")
+            reference = eval_reference.resize_bilinear(full[top:top + height, left:left + width], size)
             assert_close_to_reference(ours, reference, f"{name} train {size} px seed {seed_value}")
 
 
@@ -206,13 +187,13 @@ def test_opt_in_downscale_only_for_windows_twice_the_output_on_both_sides():
         scale = max([1] + [s for s in (2, 4, 8) if min(window[2:]) >= s * size])
         ours = preprocessing.train_image(tf.constant(data), seed, image_size=size, augment="none",
                                          randaug_magnitude=0.0, random_flip=False, jpeg_downscale=True).numpy()
-        reference = reference_resize(reference_scaled_decode(data, window, scale), size, "bilinear")
+        reference = eval_reference.resize_bilinear(reference_scaled_decode(data, window, scale), size)
         assert_close_to_reference(ours, reference, f"window {window} at {size} px, scale {scale}")
         scaled_by[scale] = scaled_by.get(scale, 0) + 1
     assert set(scaled_by) == {1, 2, 4}, scaled_by  # every case met (8 needs windows >= 1024 px at 128)
     # At the 2x boundary of the whole 1050-row image: 525 px decodes at 1/2, 526 px at full resolution.
     at_half = preprocessing.eval_image(data, image_size=525, crop_rule="full", jpeg_downscale=True).numpy()
-    half_reference = reference_resize(reference_scaled_decode(data, (0, 0, 1050, 1400), 2), 525, "bilinear")
+    half_reference = eval_reference.resize_bilinear(reference_scaled_decode(data, (0, 0, 1050, 1400), 2), 525)
     assert_close_to_reference(at_half, half_reference, "525 px, 1/2 scale")
     above = preprocessing.eval_image(data, image_size=526, crop_rule="full", jpeg_downscale=True).numpy()
-    assert_close_to_reference(above, reference_resize(full, 526, "bilinear"), "526 px, full resolution")
+    assert_close_to_reference(above, eval_reference.resize_bilinear(full, 526), "526 px, full resolution")
