@@ -85,7 +85,7 @@ def test_configs_load_from_any_working_directory(tmp_path):
 
 @pytest.mark.parametrize("config, message", [
     ("configs/digit.py", "config file configs/digit.py not found (relative to {cwd}); did you mean configs/digits.py?"),
-    ("configs/digits.py:q", "--config=configs/digits.py:q: configs/digits.py takes no argument, got 'q'."),
+    ("configs/digits.py:q", "--config=configs/digits.py:q: configs/digits.py takes no argument or 'aug', got 'q'."),
 ])
 def test_main_reports_a_bad_config_in_one_line_with_exit_2(tmp_path, config, message):
     env = {**os.environ, "EFFICIENTNETV2_JAX_ALLOCATOR": "system"}

@@ -2,11 +2,7 @@
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -14,7 +10,10 @@ import numpy as np
 import pytest
 
 from efficientnetv2_jax.checkpoint import restore_variables, save_variables
+from efficientnetv2_jax.train.preemption import SIGTERM_AT_STEP_ENV
+from processes import Child, run_one, run_processes
 
+pytestmark = pytest.mark.timeout(900)  # Whole trainings in subprocesses; each wait is bounded at 600 s.
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny, short, 2-stage run (16 -> 24 px) of the quickstart config.
 TINY_RUN = [
@@ -31,18 +30,18 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def run_main(workdir, *overrides, cache_dir=None, devices=8, extra_flags=(), wait=True):
-    """Runs `python -m efficientnetv2_jax.main` on the digits config in a subprocess."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+def run_main(workdir, *overrides, cache_dir=None, devices=8, extra_flags=(), wait=True, env=None):
+    """Runs `python -m efficientnetv2_jax.main` on the digits config in a subprocess: (exit code, output), or the
+    started `Child` when not waiting."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               **(env or {}))
     cmd = [sys.executable, "-m", "efficientnetv2_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
            *TINY_RUN, *overrides, *extra_flags]
     if cache_dir:
         cmd.append(f"--config.compilation_cache_dir={cache_dir}")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=600)
-    return proc.returncode, out
+        return Child(cmd, cwd=ROOT, env=env)
+    return run_one(cmd, timeout=600, cwd=ROOT, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +73,12 @@ def test_digits_trains_evaluates_and_writes_summary(uninterrupted):
 
 def test_sigterm_mid_stage_then_restart_is_bitwise_equal_to_uninterrupted(uninterrupted, tmp_path, cache_dir):
     workdir = tmp_path / "preempted"
-    proc = run_main(workdir, cache_dir=cache_dir, wait=False)
-    metrics = workdir / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(json.loads(line).get("step", 0) >= 5 for line in metrics.read_text().splitlines()):
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.05)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    code, out = run_main(workdir, cache_dir=cache_dir, env={SIGTERM_AT_STEP_ENV: "5"})
+    assert code == 0, out[-3000:]
     assert "Preempted (SIGTERM)" in out
     assert not (workdir / "summary.json").exists()
     stopped_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert 5 <= stopped_at < 24
+    assert stopped_at == 5
 
     code, out = run_main(workdir, cache_dir=cache_dir)
     assert code == 0, out[-3000:]
@@ -99,25 +90,18 @@ def test_sigterm_mid_stage_then_restart_is_bitwise_equal_to_uninterrupted(uninte
             np.testing.assert_array_equal(a, b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, cache_dir):
     short = ("--config.total_steps=6", "--config.progressive.num_stages=1", "--config.lr.base=0.016")
     single = tmp_path / "single"
     code, out = run_main(single, *short, cache_dir=cache_dir, devices=4)
     assert code == 0, out[-3000:]
     multi = tmp_path / "multi"
-    address = f"localhost:{_free_port()}"
-    procs = [run_main(multi, *short, devices=2, wait=False,
-                      extra_flags=[f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"])
-             for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-3000:]
+    results = run_processes(lambda address: [
+        run_main(multi, *short, devices=2, wait=False,
+                 extra_flags=[f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"])
+        for i in range(2)], timeout=600)
+    for code, out in results:
+        assert code == 0, out[-3000:]
     assert json.loads((multi / "summary.json").read_text())["steps"] == 6
     multi_vars, single_vars = restore_variables(str(multi), ema=False), restore_variables(str(single), ema=False)
     for a, b in zip(jax.tree.leaves(multi_vars["params"]), jax.tree.leaves(single_vars["params"])):
