@@ -129,7 +129,8 @@ def _not_prepared_error(spec: registry.DatasetSpec, root: str) -> FileNotFoundEr
     return FileNotFoundError(
         f"{spec.tfds_name} is not prepared in {root}: prepare it once{manual} with `tfds build {spec.tfds_name} "
         f"--data_dir={root} --file_format=array_record`, or let a training run download and prepare it "
-        "(--config.dataset.download=true). Another data dir: --config.dataset.data_dir or $TFDS_DATA_DIR.")
+        "(--config.dataset.download=true). Another data dir: --config.dataset.data_dir (evaluate: --data-dir) or "
+        "$TFDS_DATA_DIR.")
 
 
 def _tfds_builder(spec: registry.DatasetSpec, data_dir: str | None, download: bool):
