@@ -27,6 +27,7 @@ VARIABLES_ITEM = "variables"
 METADATA_ITEM = "metadata"
 HEAD_LEAVES = ("params/classifier/kernel", "params/classifier/bias")
 BEST_MODES = ("max", "min")
+OFFICIAL_PREFIX = "official:"  # init_from=official:<name> starts from an official checkpoint by name.
 
 logger = logging.getLogger(__name__)
 
@@ -336,8 +337,14 @@ def load_init_from(directory: str, target_variables: Mapping[str, Any], *, model
     """`target_variables` with every leaf loaded from `directory` except a classification head of another shape.
 
     `directory` is a training workdir (its EMA weights are used, like the official ft_init_ema) or a save_variables
-    directory. A different model, or any other missing or mis-shaped leaf, raises ValueError.
+    directory, or `official:<name>` for an official checkpoint (`efficientnetv2_jax.pretrained`: downloaded and
+    converted on first use, then cached). A different model, or any other missing or mis-shaped leaf, raises
+    ValueError.
     """
+    if directory.startswith(OFFICIAL_PREFIX):
+        from efficientnetv2_jax import pretrained  # pylint: disable=import-outside-toplevel  # Only when used.
+
+        directory = str(pretrained.fetch(directory[len(OFFICIAL_PREFIX):]))
     metadata = restore_metadata(directory)
     saved_model = metadata.get("model_name")
     if saved_model is not None and saved_model != model_name:

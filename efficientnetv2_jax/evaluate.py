@@ -1,6 +1,8 @@
 """Evaluate a checkpoint over a whole split, exactly (padding masked out), at one or several image sizes.
 
-    python -m efficientnetv2_jax.evaluate --checkpoint DIR [--dataset NAME] [--split eval] [--image-size N ...]
+    python -m efficientnetv2_jax.evaluate --checkpoint DIR [--step N] [--dataset NAME] [--split eval] \
+        [--image-size N ...]
+    python -m efficientnetv2_jax.evaluate --pretrained efficientnetv2-s-21k-ft1k --dataset imagenet2012
 
 Uses the trainer's own eval (`train.evaluate` with `steps.make_eval_step`), so the numbers equal the ones the
 training run reports for the same weights and size. EfficientNetV2 trains smaller than it evaluates: pass
@@ -11,17 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 
-import jax
+from efficientnetv2_jax import cli
+
+cli.import_quietly("tensorflow")  # Before the data modules import it: its start-up lines, unless --verbose.
+
+import jax  # noqa: E402  (after the quiet TensorFlow import)
 import ml_collections
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from efficientnetv2_jax import data as data_lib
-from efficientnetv2_jax import inference
+from efficientnetv2_jax import data as data_lib  # noqa: E402
+from efficientnetv2_jax import inference  # noqa: E402
 from efficientnetv2_jax.models.normalization import config_normalization
 from efficientnetv2_jax.train import program, steps, train
 from efficientnetv2_jax.train.state import TrainState
@@ -38,13 +43,13 @@ def eval_config(loaded: inference.LoadedModel, *, dataset: str | None, split: st
     same_dataset = base is not None and dataset == base.dataset.name
     split = split or (base.dataset.eval_split if same_dataset else "eval")
     if not dataset:
-        raise inference.CliError("The checkpoint records no dataset; pass --dataset.")
+        raise cli.UsageError("The checkpoint records no dataset; pass --dataset.")
     batch = batch_size or (base.eval_batch_size if base is not None else DEFAULT_EVAL_BATCH)
     if batch < 1:
-        raise inference.CliError(f"--batch-size must be >= 1, got {batch}.")
+        raise cli.UsageError(f"--batch-size must be >= 1, got {batch}.")
     devices = jax.device_count()
     if batch_size and batch_size % devices:
-        raise inference.CliError(f"--batch-size {batch_size} is not divisible by the {devices} devices.")
+        raise cli.UsageError(f"--batch-size {batch_size} is not divisible by the {devices} devices.")
     return ml_collections.ConfigDict({
         "dataset": {"name": dataset, "eval_split": split,
                     "data_dir": data_dir if data_dir is not None else (base.dataset.data_dir if base else ""),
@@ -53,7 +58,7 @@ def eval_config(loaded: inference.LoadedModel, *, dataset: str | None, split: st
                     "normalization": config_normalization(loaded.model_name, base)},  # The training recipe's.
         "eval_batch_size": math.ceil(batch / devices) * devices,
         "eval_with_ema": False,  # The loaded variables already are the EMA ones when the checkpoint has them.
-        "loss": base.loss if base is not None else "softmax",
+        "loss": base.loss if base is not None else ("sigmoid" if loaded.multi_label else "softmax"),
     })
 
 
@@ -65,13 +70,13 @@ def evaluate_checkpoint(loaded: inference.LoadedModel, image_sizes: list[int] | 
     try:
         info = data_lib.get_dataset_info(config.dataset.name, config.dataset.data_dir or None)
     except (ValueError, FileNotFoundError) as error:
-        raise inference.CliError(str(error)) from error
+        raise cli.UsageError(str(error)) from error
     if info.num_classes != loaded.num_classes:
-        raise inference.CliError(f"{config.dataset.name} has {info.num_classes} classes but the checkpoint's "
+        raise cli.UsageError(f"{config.dataset.name} has {info.num_classes} classes but the checkpoint's "
                                  f"classifier has {loaded.num_classes}.")
     sizes = image_sizes or [loaded.preprocessing.image_size]
     if any(size < 8 for size in sizes):
-        raise inference.CliError(f"Image sizes must be at least 8 pixels, got {sizes}.")
+        raise cli.UsageError(f"Image sizes must be at least 8 pixels, got {sizes}.")
     mesh = program.make_mesh(config.eval_batch_size)
     replicated = NamedSharding(mesh, P())
     variables = inference.replicated_variables(loaded.variables, mesh)
@@ -81,37 +86,30 @@ def evaluate_checkpoint(loaded: inference.LoadedModel, image_sizes: list[int] | 
     try:
         return {size: train.evaluate(eval_fn, state, config, mesh, size) for size in sizes}
     except (ValueError, FileNotFoundError) as error:
-        raise inference.CliError(str(error)) from error
+        raise cli.UsageError(str(error)) from error
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of the evaluate command."""
     parser = argparse.ArgumentParser(prog="python -m efficientnetv2_jax.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="training workdir or variables dir")
-    parser.add_argument("--model", help="variant; read from the checkpoint when recorded")
+    inference.add_source_flags(parser, weights=False)
     parser.add_argument("--dataset", help="dataset name; default the one the checkpoint was trained on")
     parser.add_argument("--split", help="split alias or TFDS split string (default the config's eval split, 'eval')")
     parser.add_argument("--image-size", type=int, nargs="+", dest="image_sizes",
                         help="one or more eval sizes; default the checkpoint's (or variant's) eval size")
     parser.add_argument("--batch-size", type=int, help="global eval batch (default the config's, rounded to fit)")
     parser.add_argument("--data-dir", help="TFDS data dir (default the checkpoint config's)")
-    parser.add_argument("--step", type=int, help="checkpoint step (default the newest)")
     parser.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    cli.add_verbose_flag(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the command; bad input is one line on stderr and exit code 2."""
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        loaded = inference.load_checkpoint(args.checkpoint, args.model, step=args.step, ema=not args.no_ema)
-        results = evaluate_checkpoint(loaded, args.image_sizes, dataset=args.dataset, split=args.split,
-                                      batch_size=args.batch_size, data_dir=args.data_dir)
-    except inference.CliError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    loaded = inference.load_from_flags(args)
+    results = evaluate_checkpoint(loaded, args.image_sizes, dataset=args.dataset, split=args.split,
+                                  batch_size=args.batch_size, data_dir=args.data_dir)
     if args.json:
         print(json.dumps({str(size): metrics for size, metrics in results.items()}))
         return 0
@@ -120,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
               f"top-5 {metrics['eval_top5']:.4f}  loss {metrics['eval_loss']:.4f}  "
               f"({metrics['eval_examples']} images)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command under the CLI convention (`efficientnetv2_jax.cli`); returns the exit code."""
+    return cli.run(_run, argv)
 
 
 if __name__ == "__main__":

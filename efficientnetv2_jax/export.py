@@ -1,9 +1,11 @@
 """Export a checkpoint as a TensorFlow SavedModel (jax2tf) for TF Serving, TFLite or plain TensorFlow.
 
-    python -m efficientnetv2_jax.export --checkpoint DIR [--model NAME] --output DIR
+    python -m efficientnetv2_jax.export --checkpoint DIR [--step N] [--model NAME] --output DIR
+    python -m efficientnetv2_jax.export --pretrained efficientnetv2-s-21k-ft1k --output DIR
 
 Signatures, both taking `images`: uint8 [batch, height, width, 3], any batch and any image size:
-  serving_default  -> {'logits': float32 [batch, classes], 'probabilities': softmax of the logits}
+  serving_default  -> {'logits': float32 [batch, classes], 'probabilities': softmax of the logits (sigmoid for
+                      a sigmoid-loss model such as the official 21k checkpoints)}
   feature_vector   -> {'feature_vector': float32 [batch, head width]} (the pooled head features before the
                       classifier: round_filters(1280, width), e.g. 1280 for S/M/L/XL and B0, 1408 for B2)
 Preprocessing is inside, in TF: the checkpoint's eval crop rule and resize to its eval size (the same ops as
@@ -17,17 +19,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 
-import tensorflow as tf
-from etils import epath
-from jax.experimental import jax2tf
+from efficientnetv2_jax import cli
 
-from efficientnetv2_jax import inference
-from efficientnetv2_jax.data import preprocessing
-from efficientnetv2_jax.models import get_variant
-from efficientnetv2_jax.models.variants import FEATURE_SIZE, round_filters
+tf = cli.import_quietly("tensorflow")  # Its start-up lines go, even for --help, unless --verbose.
+
+from etils import epath  # noqa: E402  (after the quiet TensorFlow import)
+from jax.experimental import jax2tf  # noqa: E402
+
+from efficientnetv2_jax import inference  # noqa: E402
+from efficientnetv2_jax.data import preprocessing  # noqa: E402
+from efficientnetv2_jax.models import get_variant  # noqa: E402
+from efficientnetv2_jax.models.variants import FEATURE_SIZE, round_filters  # noqa: E402
 
 SERVING_SIGNATURE = "serving_default"
 FEATURE_SIGNATURE = "feature_vector"
@@ -90,7 +94,8 @@ def build_serving_module(loaded: inference.LoadedModel, platforms: tuple[str, ..
         @tf.function(input_signature=[spec], autograph=False)
         def serve(images):
             logits = logits_fn(module.variables_tree, preprocess(images))
-            return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+            probabilities = tf.nn.sigmoid(logits) if loaded.multi_label else tf.nn.softmax(logits, axis=-1)
+            return {"logits": logits, "probabilities": probabilities}
 
         module.serve = serve
     return module
@@ -100,7 +105,7 @@ def export_saved_model(loaded: inference.LoadedModel, output: str, *, platforms:
                        overwrite: bool = False) -> None:
     """Writes the SavedModel; `serving_default` is the classifier (the feature vector for a headless model)."""
     if epath.Path(output).exists() and not overwrite:
-        raise inference.CliError(f"{output} already exists; choose a new --output or pass --overwrite.")
+        raise cli.UsageError(f"{output} already exists; choose a new --output or pass --overwrite.")
     module = build_serving_module(loaded, platforms)
     serving = getattr(module, "serve", module.feature_vector)
     signatures = {SERVING_SIGNATURE: serving, FEATURE_SIGNATURE: module.feature_vector}
@@ -110,35 +115,36 @@ def export_saved_model(loaded: inference.LoadedModel, output: str, *, platforms:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of the export command."""
     parser = argparse.ArgumentParser(prog="python -m efficientnetv2_jax.export", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="training workdir (EMA weights) or variables dir")
-    parser.add_argument("--model", help="variant; read from the checkpoint when recorded")
+    inference.add_source_flags(parser, weights=False)
     parser.add_argument("--output", required=True, help="SavedModel directory to write")
     parser.add_argument("--image-size", type=int, help="serving size; default the checkpoint's (variant's) eval size")
     parser.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
                         help="comma-separated platforms the SavedModel can run on (default cpu,cuda,tpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    cli.add_verbose_flag(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the command; bad input is one line on stderr and exit code 2."""
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
-    try:
-        unknown = sorted(set(platforms) - set(DEFAULT_PLATFORMS))
-        if unknown or not platforms:
-            raise inference.CliError(f"Unknown --platforms {unknown or args.platforms!r}; valid: "
-                                     f"{', '.join(DEFAULT_PLATFORMS)}.")
-        loaded = inference.load_checkpoint(args.checkpoint, args.model, image_size=args.image_size)
-        export_saved_model(loaded, args.output, platforms=platforms, overwrite=args.overwrite)
-    except inference.CliError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    unknown = sorted(set(platforms) - set(DEFAULT_PLATFORMS))
+    if unknown or not platforms:
+        raise cli.UsageError(f"Unknown --platforms {unknown or args.platforms!r}; valid: "
+                             f"{', '.join(DEFAULT_PLATFORMS)}.")
+    if epath.Path(args.output).exists() and not args.overwrite:  # Before the model loads.
+        raise cli.UsageError(f"{args.output} already exists; choose a new --output or pass --overwrite.")
+    loaded = inference.load_from_flags(args)
+    export_saved_model(loaded, args.output, platforms=platforms, overwrite=args.overwrite)
     size = loaded.preprocessing.image_size
     print(f"Wrote {loaded.model_name} ({loaded.num_classes} classes, {size} px, feature vector "
           f"{feature_width(loaded)}) to {args.output}: signatures {SERVING_SIGNATURE}, {FEATURE_SIGNATURE}.")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command under the CLI convention (`efficientnetv2_jax.cli`); returns the exit code."""
+    return cli.run(_run, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A trained model ready for inference: network, variables and eval preprocessing, from a checkpoint or weights file.
+"""A trained model ready for inference: network, variables and eval preprocessing, from a checkpoint, a weights
+file or an official checkpoint by name.
 
 Shared by the `predict`, `evaluate` and `export` commands so that all three build the network exactly as the
 trainer did (the checkpoint's config: width/depth overrides, dtype) and preprocess exactly as its eval did
@@ -7,9 +8,8 @@ trainer did (the checkpoint's config: width/depth overrides, dtype) and preproce
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import importlib.resources
-import importlib.util
 from typing import Any
 
 import jax
@@ -19,17 +19,12 @@ import numpy as np
 from etils import epath
 
 from efficientnetv2_jax import checkpoint as ckpt_lib
+from efficientnetv2_jax import labels, pretrained
+from efficientnetv2_jax.cli import UsageError
 from efficientnetv2_jax.models import EfficientNetV2, create_model, get_variant, normalize_images
 from efficientnetv2_jax.models.normalization import config_normalization
 
-IMAGENET1K_CLASSES = 1000
-# TFDS moved the ImageNet label file (synset ids in class order) between releases; both places are tried.
-_IMAGENET_LABEL_FILES = ("datasets/imagenet2012/labels.txt", "image_classification/imagenet2012_labels.txt")
-
-
-class CliError(ValueError):
-    """Bad command-line input (missing checkpoint, unknown model, unreadable image): one line, exit code 2."""
-
+SAVED_MODEL_FILE = "saved_model.pb"
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocessing:
@@ -51,11 +46,19 @@ class LoadedModel:
     num_classes: int
     preprocessing: EvalPreprocessing
     config: ml_collections.ConfigDict | None
+    label_set: str | None = None  # An official checkpoint's classes: 'imagenet2012' or 'imagenet21k'.
 
     @property
     def dataset(self) -> str | None:
-        """The dataset the checkpoint was trained on, when its config says so."""
-        return self.config.dataset.name if self.config is not None else None
+        """The dataset the checkpoint was trained on, when its config (or the official registry) says so."""
+        return self.config.dataset.name if self.config is not None else self.label_set
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the classifier was trained with a sigmoid loss (independent per-class probabilities)."""
+        if self.config is not None:
+            return self.config.get("loss") == "sigmoid"
+        return self.label_set == "imagenet21k"  # The official 21k checkpoints use the sigmoid loss.
 
     def logits_fn(self, features: bool = False):
         """uint8 (or [0, 255] float) NHWC images -> float32 logits, or pooled features; inference mode only."""
@@ -100,14 +103,14 @@ def _num_classes(variables: dict) -> int:
 
 
 def _check_variables_fit(model: EfficientNetV2, variables: dict, source: str) -> None:
-    """Raises CliError naming the first leaf whose shape differs from what `model` expects."""
+    """Raises UsageError naming the first leaf whose shape differs from what `model` expects."""
     expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
     want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
     have = {jax.tree_util.keystr(p): tuple(np.shape(x))
             for p, x in jax.tree_util.tree_flatten_with_path({k: variables[k] for k in expected})[0]}
     for path in sorted(set(want) | set(have)):
         if want.get(path) != have.get(path):
-            raise CliError(f"{source} does not fit {model.model_name} (width {model.width}, depth {model.depth}): "
+            raise UsageError(f"{source} does not fit {model.model_name} (width {model.width}, depth {model.depth}): "
                            f"{path} is {have.get(path)} in the weights but {want.get(path)} in the model; "
                            "pass the right --model.")
 
@@ -117,25 +120,40 @@ def _resolve_model_name(recorded: str | None, requested: str | None, source: str
     try:
         requested = get_variant(requested).name if requested else None
     except ValueError as error:
-        raise CliError(str(error)) from error
+        raise UsageError(str(error)) from error
     if recorded and requested and recorded != requested:
-        raise CliError(f"{source} holds a {recorded} checkpoint, not {requested}; drop --model or fix it.")
+        raise UsageError(f"{source} holds a {recorded} checkpoint, not {requested}; drop --model or fix it.")
     if not (recorded or requested):
-        raise CliError(f"{source} records no model name; pass --model.")
+        raise UsageError(f"{source} records no model name; pass --model.")
     return recorded or requested
+
+
+def _step_folder(path: epath.Path, step: int | None) -> tuple[epath.Path, int | None]:
+    """(checkpoints folder, step) for a step folder such as `<workdir>/checkpoints/1347`; else (path, step)."""
+    if not (path.name.isdigit() and (path / ckpt_lib.STATE_ITEM).exists()):
+        return path, step
+    if step is not None and step != int(path.name):
+        raise UsageError(f"{path} is the folder of step {path.name} but --step {step} was given; pass one of them.")
+    return path.parent, int(path.name)
 
 
 def load_checkpoint(directory: str, model_name: str | None = None, *, step: int | None = None, ema: bool = True,
                     image_size: int | None = None) -> LoadedModel:
-    """Loads a training workdir (EMA weights by default) or a save_variables directory for inference."""
+    """Loads a training workdir (EMA weights by default), one of its step folders (`.../checkpoints/1347`) or a
+    save_variables directory for inference."""
     path = epath.Path(directory)
     if not path.is_dir():
-        raise CliError(f"Checkpoint directory {directory} does not exist.")
+        raise UsageError(f"Checkpoint directory {directory} does not exist.")
+    if (path / SAVED_MODEL_FILE).exists():
+        raise UsageError(f"{directory} is a TensorFlow SavedModel (what export writes), not a checkpoint; pass the "
+                         "training workdir, a step folder of it, or a converted weights folder.")
+    path, step = _step_folder(path, step)
+    directory = str(path)
     try:
         metadata = ckpt_lib.restore_metadata(directory, step)
         variables = ckpt_lib.restore_variables(directory, step, ema=ema)
     except (ValueError, FileNotFoundError) as error:
-        raise CliError(str(error)) from error
+        raise UsageError(str(error)) from error
     name = _resolve_model_name(metadata.get("model_name"), model_name, directory)
     config = ml_collections.ConfigDict(metadata["config"]) if metadata.get("config") else None
     return _assemble(name, variables, config, image_size, directory, metadata.get("num_classes"))
@@ -146,15 +164,57 @@ def load_weights(path: str, model_name: str | None = None, *, image_size: int | 
     if epath.Path(path).is_dir():
         return load_checkpoint(path, model_name, image_size=image_size)
     if not epath.Path(path).exists():
-        raise CliError(f"Weights file {path} does not exist.")
+        raise UsageError(f"Weights file {path} does not exist.")
     name = _resolve_model_name(None, model_name, path)
     from efficientnetv2_jax.convert import from_keras  # pylint: disable=import-outside-toplevel  # Keras on demand.
 
     try:
         variables = from_keras(path, name=name)
     except (ValueError, OSError) as error:
-        raise CliError(f"Cannot read {path} as Keras {name} weights: {error}") from error
+        raise UsageError(f"Cannot read {path} as Keras {name} weights: {error}") from error
     return _assemble(name, variables, None, image_size, path, None)
+
+
+def load_pretrained(name: str, *, image_size: int | None = None) -> LoadedModel:
+    """Loads official checkpoint `name` (`efficientnetv2_jax.pretrained`: downloaded and converted on first use).
+
+    Preprocessing is the official eval one at the checkpoint's eval size (224 px for the 21k checkpoints, the
+    variant's eval size otherwise); class names come from its label set.
+    """
+    try:
+        entry = pretrained.get(name)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    loaded = load_checkpoint(str(pretrained.fetch(name)), image_size=image_size or entry.eval_size)
+    return dataclasses.replace(loaded, label_set=entry.label_set)
+
+
+def add_source_flags(parser: argparse.ArgumentParser, *, weights: bool) -> None:
+    """The flags that choose the model (--checkpoint, [--weights], --pretrained, --step, --model), one code path
+    for predict, evaluate and export."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="training workdir (EMA weights of the newest step), one of its step "
+                                             "folders (checkpoints/<step>) or a converted weights folder")
+    if weights:
+        source.add_argument("--weights", help="converted weights: a variables dir or a Keras .h5/.keras file")
+    source.add_argument("--pretrained", metavar="NAME", help="official checkpoint by name, e.g. "
+                                                             "efficientnetv2-s-21k-ft1k (downloaded once, then cached)")
+    parser.add_argument("--step", type=int, help="checkpoint step of a training workdir (default the newest)")
+    parser.add_argument("--model", help="variant (b0..b3, s, m, l, xl); read from the checkpoint when recorded")
+
+
+def load_from_flags(args: argparse.Namespace) -> LoadedModel:
+    """The model that the flags of `add_source_flags` name (plus --image-size and --no-ema where the command has
+    them)."""
+    image_size = getattr(args, "image_size", None)
+    if getattr(args, "weights", None):
+        return load_weights(args.weights, args.model, image_size=image_size)
+    if args.pretrained:
+        if args.model or args.step is not None:
+            raise UsageError("--pretrained names the model and its weights; drop --model and --step.")
+        return load_pretrained(args.pretrained, image_size=image_size)
+    return load_checkpoint(args.checkpoint, args.model, step=args.step, image_size=image_size,
+                           ema=not getattr(args, "no_ema", False))
 
 
 def _assemble(name: str, variables: dict, config: ml_collections.ConfigDict | None, image_size: int | None,
@@ -163,7 +223,7 @@ def _assemble(name: str, variables: dict, config: ml_collections.ConfigDict | No
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     num_classes = _num_classes(variables) if num_classes is None else int(num_classes)
     if image_size is not None and image_size < 8:
-        raise CliError(f"Image size must be at least 8 pixels, got {image_size}.")
+        raise UsageError(f"Image size must be at least 8 pixels, got {image_size}.")
     model = build_network(name, num_classes, config)
     _check_variables_fit(model, variables, source)
     return LoadedModel(model=model, variables=variables, model_name=name, num_classes=num_classes,
@@ -171,44 +231,24 @@ def _assemble(name: str, variables: dict, config: ml_collections.ConfigDict | No
 
 
 def imagenet1k_class_names() -> tuple[str, ...]:
-    """ImageNet-1k synset ids in class order from the label file TFDS ships, with descriptions if timm is present."""
-    root = importlib.resources.files("tensorflow_datasets")
-    for relative in _IMAGENET_LABEL_FILES:
-        label_file = root.joinpath(relative)
-        if label_file.is_file():
-            synsets = tuple(label_file.read_text().split())
-            break
-    else:
-        raise FileNotFoundError(f"TFDS ships no ImageNet label file at {_IMAGENET_LABEL_FILES}.")
-    lemmas = _timm_synset_lemmas()
-    return tuple(f"{synset} {lemmas[synset]}" if synset in lemmas else synset for synset in synsets)
-
-
-def _timm_synset_lemmas() -> dict[str, str]:
-    """{synset: 'tench, Tinca tinca'} from the data file timm ships, when installed (read, never imported)."""
-    spec = importlib.util.find_spec("timm")  # Finding does not import timm (which would import torch).
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    lemma_file = epath.Path(spec.submodule_search_locations[0]) / "data" / "_info" / "imagenet_synset_to_lemma.txt"
-    if not lemma_file.exists():
-        return {}
-    return dict(line.split("\t", 1) for line in lemma_file.read_text().splitlines() if "\t" in line)
+    """ImageNet-1k "<synset> <names>" in class order, from the official label file shipped with the package."""
+    return labels.class_names("imagenet2012")
 
 
 def class_names(loaded: LoadedModel) -> tuple[str, ...] | None:
-    """Names of the classifier's classes: the training dataset's, ImageNet-1k's, or None when unknown."""
-    dataset = loaded.dataset
-    if dataset and dataset != "imagenet2012":
-        from efficientnetv2_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+    """Names of the classifier's classes: the training dataset's, ImageNet-1k's or -21k's, or None when unknown."""
+    dataset = loaded.dataset or ("imagenet2012" if loaded.num_classes == labels.NUM_CLASSES["imagenet2012"] else None)
+    if dataset in labels.NUM_CLASSES:  # The official label files, shipped with the package.
+        return labels.class_names(dataset) if loaded.num_classes == labels.NUM_CLASSES[dataset] else None
+    if dataset is None:
+        return None
+    from efficientnetv2_jax import data as data_lib  # pylint: disable=import-outside-toplevel
 
-        try:
-            names = data_lib.get_dataset_info(dataset, loaded.config.dataset.data_dir or None).class_names
-        except Exception:  # pylint: disable=broad-except  # Dataset not prepared here: indices instead.
-            return None
-        return tuple(names) if names and len(names) == loaded.num_classes else None
-    if loaded.num_classes == IMAGENET1K_CLASSES and dataset in (None, "imagenet2012"):
-        return imagenet1k_class_names()
-    return None
+    try:
+        names = data_lib.get_dataset_info(dataset, loaded.config.dataset.data_dir or None).class_names
+    except Exception:  # pylint: disable=broad-except  # Dataset not prepared here: indices instead.
+        return None
+    return tuple(names) if names and len(names) == loaded.num_classes else None
 
 
 def replicated_variables(variables: Any, mesh: jax.sharding.Mesh) -> Any:

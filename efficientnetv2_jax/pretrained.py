@@ -211,7 +211,7 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path
             except download.CorruptDownload as error:
                 raise WeightsUnavailable(f"{error} Run again to download it anew.") from None
             except download.DownloadError as error:
-                raise WeightsUnavailable(f"{error}; without network, download {url} elsewhere and put it at "
+                raise WeightsUnavailable(f"{error}; without network, download it elsewhere and put it at "
                                          f"{archive}") from None
         _convert(entry, archive, root)
     return final

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
-from efficientnetv2_jax import checkpoint  # noqa: E402
+from efficientnetv2_jax import checkpoint, predict  # noqa: E402
 from efficientnetv2_jax.convert import from_keras  # noqa: E402
 from efficientnetv2_jax.convert.__main__ import main as convert_main  # noqa: E402
 from efficientnetv2_jax.models import create_model  # noqa: E402
@@ -96,3 +96,18 @@ def test_cli_bad_model_exits_2(tmp_path, model_name, capsys):
         convert_main(["keras", "--model", model_name, "--weights", "w.h5", "--output", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     assert "efficientnetv2-b0" in capsys.readouterr().err
+
+
+def test_wrong_variant_weights_file_is_one_line_naming_the_keras_layer_and_our_parameter(tmp_path, capsys):
+    model, _, _ = keras_case("b0")
+    weights = tmp_path / "b0.weights.h5"
+    model.save_weights(weights)
+    runs = (lambda: convert_main(["keras", "--model", "s", "--weights", str(weights), "--output",
+                                  str(tmp_path / "o")]),
+            lambda: predict.main(["--weights", str(weights), "--model", "s", __file__]))
+    for run in runs:  # Keras itself prints ~140 KB here: a warning per skipped container and whole weight arrays.
+        assert run() == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and len(err) < 600, err[:2000]
+        assert ("Keras layer stem_conv (weight stem_conv/kernel) is (3, 3, 3, 32) in the file but (3, 3, 3, 24) in "
+                "the model, our params/stem/conv/kernel") in err

@@ -164,5 +164,5 @@ def test_bad_inputs_name_the_problem(case, tmp_path, capsys):
     tensors["efficientnetv2-b0/blocks_99/conv2d/kernel"] = np.zeros((1, 1, 8, 8), np.float32)
     with pytest.raises(ValueError, match="no place for, e.g. efficientnetv2-b0/blocks_99/conv2d/kernel"):
         from_tf_checkpoint(write_checkpoint(str(tmp_path / "extra"), tensors))
-    assert convert_main(["tf", "--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 1
+    assert convert_main(["tf", "--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
     assert "error: TF checkpoint" in capsys.readouterr().err

@@ -106,5 +106,5 @@ def test_bad_inputs_name_the_problem(tmp_path, capsys):
         from_timm({**state, "conv_stem.weight": np.zeros((32, 3, 5, 5), np.float32)})
     with pytest.raises(ValueError, match="no place for, e.g. extra.weight"):
         from_timm({**state, "extra.weight": np.zeros(3, np.float32)})
-    assert convert_main(["timm", "--weights", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "o")]) == 1
+    assert convert_main(["timm", "--weights", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "o")]) == 2
     assert "error: timm weights file" in capsys.readouterr().err

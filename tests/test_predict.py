@@ -86,9 +86,9 @@ def test_imagenet_names_come_from_the_tfds_label_file():
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda d, tmp: ["--checkpoint", str(tmp / "missing"), "x.jpg"], "does not exist"),
-    (lambda d, tmp: ["--checkpoint", d, "--model", "b9", "x.jpg"], "Unknown model"),
-    (lambda d, tmp: ["--checkpoint", d, "--model", "s", "x.jpg"], "not efficientnetv2-s"),
+    (lambda d, tmp: ["--checkpoint", str(tmp / "missing"), __file__], "does not exist"),
+    (lambda d, tmp: ["--checkpoint", d, "--model", "b9", __file__], "Unknown model"),
+    (lambda d, tmp: ["--checkpoint", d, "--model", "s", __file__], "not efficientnetv2-s"),
     (lambda d, tmp: ["--checkpoint", d, str(tmp / "missing.jpg")], "Cannot read image"),
     (lambda d, tmp: ["--checkpoint", d, __file__], "Cannot read image"),
 ])

@@ -6,6 +6,8 @@ weight source:
     python -m efficientnetv2_jax.convert keras --model s --weights efficientnetv2-s.h5 --output DIR
     python -m efficientnetv2_jax.convert tf --checkpoint efficientnetv2-s-21k-ft1k/ --output DIR [--no-ema]
     python -m efficientnetv2_jax.convert timm --weights model.safetensors --output DIR [--model s]
+Errors follow `efficientnetv2_jax.cli`: a file that is missing or not the weights it should be is one line and
+exit code 2 (`--verbose` adds the traceback and the libraries' logs).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import argparse
 import sys
 from typing import Callable
 
+from etils import epath
+
+from efficientnetv2_jax import cli
 from efficientnetv2_jax.convert.keras_weights import KERAS_CONSTRUCTORS, from_keras
 from efficientnetv2_jax.convert.tf_checkpoint import read_tf_checkpoint
 from efficientnetv2_jax.convert.timm_weights import read_timm
@@ -26,17 +31,20 @@ def _num_classes(variables: dict) -> int:
 
 
 def _convert_and_save(convert: Callable[[], tuple[str, dict]], source: str, args: argparse.Namespace) -> int:
-    """Runs `convert` () -> (model name, variables) and writes the result; conversion errors exit 1."""
+    """Runs `convert` () -> (model name, variables) and writes the result; a file that does not convert (ValueError)
+    is bad input."""
     from efficientnetv2_jax import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax only when used.
 
+    if epath.Path(args.output).exists() and not args.overwrite:  # Before the conversion, not after it.
+        raise cli.UsageError(f"{args.output} already exists; choose a new --output or pass --overwrite.")
+    cli.import_quietly("tensorflow")
     try:
         model_name, variables = convert()
-        num_classes = _num_classes(variables)
-        checkpoint.save_variables(args.output, variables, model_name=model_name, num_classes=num_classes,
-                                  overwrite=args.overwrite)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise cli.UsageError(str(error)) from error
+    num_classes = _num_classes(variables)
+    checkpoint.save_variables(args.output, variables, model_name=model_name, num_classes=num_classes,
+                              overwrite=args.overwrite)
     print(f"Wrote {model_name} ({num_classes} classes) from {source} to {args.output}.")
     return 0
 
@@ -95,14 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     for subparser in (keras, tf, timm):
         subparser.add_argument("--output", required=True, help="output directory (local path or gs://)")
         subparser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+        cli.add_verbose_flag(subparser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parses `argv` and runs the chosen importer; returns the exit code (2 for bad arguments)."""
+def _run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.run(args, parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses `argv` and runs the chosen importer under the CLI convention; returns the exit code."""
+    return cli.run(_run, argv)
 
 
 if __name__ == "__main__":

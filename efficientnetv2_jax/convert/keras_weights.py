@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,11 @@ _BLOCK_LAYERS = {"expand_conv": "expand_conv", "expand_bn": "expand_bn", "dwconv
                  "project_bn": "project_bn"}
 _BN_WEIGHTS = {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"}
 _KERAS_BLOCK_RE = re.compile(r"^(block\d+[a-z]_)")
+# Keras' load_weights error for a file of another variant: its first failing variable, with shapes, then the
+# variable's whole value (hundreds of KB for all failing layers); only the names and shapes are kept.
+_KERAS_MISMATCH = re.compile(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))\. "
+                             r"Target variable: <Variable path=([\w/]+)")
+_KERAS_FAILURES = re.compile(r"A total of (\d+) objects could not be loaded")
 
 
 def _keras_variant(name: str) -> VariantSpec:
@@ -155,10 +161,37 @@ def load_keras_model(path: str, name: str) -> Any:
     model = constructor(weights=None, include_top=num_classes > 0, classes=max(num_classes, 1),
                         classifier_activation=None)
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings():  # One UserWarning per skipped container for a file of another variant.
+            warnings.simplefilter("ignore")
+            model.load_weights(path)
     except Exception as error:  # pylint: disable=broad-except  # Keras raises many types for a wrong file.
-        raise ValueError(f"Could not load {path} into Keras {variant.name}: {error}") from error
+        raise ValueError(_load_error_line(path, variant, num_classes, error)) from None
     return model
+
+
+def _load_error_line(path: str, variant: VariantSpec, num_classes: int, error: Exception) -> str:
+    """One line for Keras' load_weights failure: the first Keras layer that does not fit and our parameter."""
+    text = str(error)
+    match = _KERAS_MISMATCH.search(text)
+    if match is None:
+        return f"Could not load {path} into Keras {variant.name}: {' '.join(text.split())[:300]}"
+    model_shape, file_shape, keras_path = match.groups()
+    failures = _KERAS_FAILURES.search(text)
+    return (f"{path} does not fit Keras {variant.name}: Keras layer {keras_path.split('/')[0]} (weight "
+            f"{keras_path}) is {file_shape} in the file but {model_shape} in the model, our "
+            f"{_our_path(keras_path, variant, num_classes)}"
+            f"{f'; {failures.group(1)} layers differ' if failures else ''}. Is the file another variant?")
+
+
+def _our_path(keras_path: str, variant: VariantSpec, num_classes: int) -> str:
+    """Our parameter filled from Keras weight `layer/weight` (e.g. 'stem_conv/kernel' -> 'params/stem/conv/kernel')."""
+    prefixes = keras_block_prefixes(variant)
+    for path, _ in target_leaves(variant.name, num_classes):
+        _, *module, leaf = path
+        weight = _BN_WEIGHTS[leaf] if module[-1].endswith("bn") else leaf
+        if f"{_keras_layer_name('/'.join(module), prefixes)}/{weight}" == keras_path:
+            return "/".join(path)
+    return "(none)"
 
 
 def from_keras(model_or_path: Any, name: str | None = None) -> dict:

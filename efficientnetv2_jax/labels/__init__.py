@@ -1,7 +1,7 @@
 """Class names of the official label sets, shipped with the package (see NOTICE: Apache-2.0, google/automl).
 
-`class_names("imagenet2012")` -> 1,000 names in class order ("tench, Tinca tinca", ...);
-`class_names("imagenet21k")` -> 21,843 names in class order. The official 21k label file lists 21,842 synsets
+`class_names("imagenet2012")` -> 1,000 "<synset> <names>" in class order ("n01440764 tench, Tinca tinca", ...);
+`class_names("imagenet21k")` -> 21,843 of them in class order. The official 21k label file lists 21,842 synsets
 for the checkpoints' 21,843 outputs, so the last class is shown as "class 21842 (not in the official label file)".
 """
 
@@ -23,6 +23,6 @@ def class_names(label_set: str) -> tuple[str, ...]:
     data = importlib.resources.files(__name__).joinpath(LABEL_FILES[label_set]).read_bytes()
     if LABEL_FILES[label_set].endswith(".gz"):
         data = gzip.decompress(data)
-    names = [line.split("\t", 1)[1] for line in data.decode("utf-8").splitlines() if line]  # "<synset>\t<names>"
+    names = [line.replace("\t", " ", 1) for line in data.decode("utf-8").splitlines() if line]  # "<synset>\t<names>"
     missing = range(len(names), NUM_CLASSES[label_set])
     return tuple(names) + tuple(f"class {index} (not in the official label file)" for index in missing)
