@@ -10,6 +10,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["efficientnetv2_jax", "efficientnetv2_jax.*", "launch"]),
+    package_data={"efficientnetv2_jax.labels": ["*.txt", "*.txt.gz", "NOTICE"]},  # Official label files.
     install_requires=[
         "jax[cpu]==0.10.2",
         "flax==0.12.8",
