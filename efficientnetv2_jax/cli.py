@@ -7,8 +7,9 @@
 - exit 0 on success; 2 for bad usage or input (`UsageError`, argparse errors); 1 for a runtime failure (any
   other exception); 130 on Ctrl-C;
 - an error is one line `error: ...` on stderr; `--verbose` anywhere on the command line adds the traceback;
-- third-party noise (TensorFlow's C++ start-up lines, Orbax/absl INFO and WARNING logs, Python warnings) is
-  silenced unless `--verbose`: `quiet_third_party` does the logging part and `import_quietly` imports a noisy
+- third-party noise (TensorFlow's C++ start-up lines, Orbax/absl INFO and WARNING logs, Python warnings, libtpu's
+  probe on a machine without TPU chips: JAX_PLATFORMS=cpu when no accelerator is present) is silenced unless
+  `--verbose`: `quiet_third_party` does the logging part and `import_quietly` imports a noisy
   module (TensorFlow prints its oneDNN and CPU-feature lines straight to file descriptor 2 at import, whatever
   TF_CPP_MIN_LOG_LEVEL says) with that descriptor pointed at /dev/null.
 """
@@ -24,6 +25,8 @@ import traceback
 import warnings
 from types import ModuleType
 from typing import Callable, Iterator, NoReturn, Sequence
+
+from efficientnetv2_jax import allocator
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -102,6 +105,7 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = verbose_requested(argv)
     quiet_third_party(verbose)
+    allocator.pin_cpu_backend_without_accelerator()  # Else JAX probes an installed libtpu: lines of warnings.
     try:
         code = main(argv)
     except KeyboardInterrupt:

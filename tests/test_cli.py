@@ -59,3 +59,15 @@ def test_import_quietly_discards_what_a_module_writes_to_fd_2(tmp_path):
                           env=env)
     assert quiet.stderr == "after import\n"
     assert loud.stderr == "C++ start-up noise\nafter import\n"
+
+
+def test_run_pins_the_cpu_backend_when_no_accelerator_is_present(monkeypatch):
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(cli.allocator, "accelerator_present", lambda: False)
+    seen = {}
+    cli.run(lambda argv: seen.update(platforms=os.environ.get("JAX_PLATFORMS")), [])
+    assert seen["platforms"] == "cpu"
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setattr(cli.allocator, "accelerator_present", lambda: True)
+    cli.run(lambda argv: seen.update(platforms=os.environ.get("JAX_PLATFORMS")), [])
+    assert seen["platforms"] is None  # A TPU VM or GPU machine keeps JAX's own choice.
