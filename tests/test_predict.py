@@ -73,6 +73,22 @@ def test_prints_five_named_classes_per_image_matching_the_reference(workdir, pho
     assert len(set(np.argmax(logits, -1))) > 1, "one top class for every photo: a swap would go unseen"
 
 
+@pytest.mark.parametrize("jpeg_downscale", [False, True])
+def test_images_follow_the_checkpoint_configs_jpeg_downscale(photos, jpeg_downscale):
+    """1400x1050 JPEG, whole image at 64 px: full resolution, or 1/8 scale with the opt-in (1050 >= 8 * 64)."""
+    config = tiny_config(eval_image_size=64, crop_rule="full")
+    config.dataset.jpeg_downscale = jpeg_downscale
+    prep = inference.eval_preprocessing("b0", config)
+    large = [path for path in photos if path.endswith("large.jpg")]
+    with open(large[0], "rb") as file:
+        data = file.read()
+    pixels = eval_reference.decode(data)
+    if jpeg_downscale:  # libjpeg's 1/8 scale, the window aligned down to whole scaled pixels (1050 / 8 -> 131).
+        pixels = tf.io.decode_jpeg(data, channels=3, ratio=8).numpy()[:1050 // 8, :1400 // 8]
+    want = eval_reference.as_uint8(eval_reference.resize_bilinear(pixels, 64)).astype(int)
+    assert (np.abs(predict.load_images(large, prep)[0].astype(int) - want) <= 1).mean() >= 0.999
+
+
 def test_image_size_flag_and_top_k(workdir, photos, capsys):
     assert predict.main(["--checkpoint", workdir, "--image-size", "40", "--top-k", "3", photos[0]]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -2,13 +2,15 @@
 (tests/photos.py) against an independent reference (tests/eval_reference.py: full-resolution decode, crop,
 NumPy resize)."""
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import eval_reference
 import photos
-from efficientnetv2_jax.data import preprocessing
+from efficientnetv2_jax.data import input_pipeline, preprocessing
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +199,28 @@ def test_opt_in_downscale_only_for_windows_twice_the_output_on_both_sides():
     assert_close_to_reference(at_half, half_reference, "525 px, 1/2 scale")
     above = preprocessing.eval_image(data, image_size=526, crop_rule="full", jpeg_downscale=True).numpy()
     assert_close_to_reference(above, eval_reference.resize_bilinear(full, 526), "526 px, full resolution")
+
+
+def test_jpeg_downscale_option_reaches_the_train_and_eval_iterators(photo_jpegs, tmp_path):
+    """Whole 1400x1050 image at 64 px: official = full-resolution decode; opt-in = 1/8 scale (1050 >= 8 * 64)."""
+    for split in ("train", "eval"):
+        (tmp_path / split / "only").mkdir(parents=True)
+        shutil.copy(photo_jpegs["large"], tmp_path / split / "only" / "large.jpg")
+    common = dict(dataset=f"folder:{tmp_path}", image_size=64, global_batch_size=1, process_index=0,
+                  process_count=1)
+
+    def first_images(jpeg_downscale: bool) -> list[np.ndarray]:
+        train = input_pipeline.train_host_batches(
+            split="train", randaug_magnitude=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, seed=0, augment="none",
+            area_range=(1.0, 1.0), random_flip=False, jpeg_downscale=jpeg_downscale, **common)
+        evaluation = input_pipeline.eval_host_batches(split="eval", crop_rule="full", jpeg_downscale=jpeg_downscale,
+                                                      **common)
+        return [next(iter(batches))["image"][0] for batches in (train, evaluation)]
+
+    data = photos.photo_bytes()["large"]
+    official = eval_reference.resize_bilinear(eval_reference.decode(data), 64)
+    eighth = eval_reference.resize_bilinear(reference_scaled_decode(data, (0, 0, 1050, 1400), 8), 64)
+    for image in first_images(jpeg_downscale=False):
+        assert_close_to_reference(image, official, "official decode")
+    for image in first_images(jpeg_downscale=True):
+        assert_close_to_reference(image, eighth, "opt-in 1/8 decode")
