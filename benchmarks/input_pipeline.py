@@ -2,18 +2,24 @@
 
 Makes ~500x375 JPEGs (q90) from the real photos scikit-learn ships (china.jpg, flower.jpg) with random
 crops, flips, resizes and colour jitter, in class sub-folders read by the ``folder:<path>`` dataset. Then
-times (after a warm-up) our train pipeline at each size and RandAugment magnitude, our eval pipeline at
-384 px, and, when torch/torchvision/timm import, timm's ``create_transform(S, is_training=True,
-auto_augment='rand-m10-n2')`` through a DataLoader with one worker per core. The process is pinned to
-``--cores`` CPUs (children inherit it), so img/s/core compares like with like.
+times (after a warm-up) our train pipeline at each size and RandAugment magnitude and our eval pipeline at
+384 px, each with the official full-resolution JPEG decode and with the opt-in ``jpeg_downscale``, and, when
+torch/torchvision/timm import in ``--timm-python`` (default: this interpreter), timm's
+``create_transform(S, is_training=True, auto_augment='rand-m10-n2')`` through a DataLoader with one worker per
+core, in a child process. The process is pinned to ``--cores`` CPUs (children inherit it), so img/s/core
+compares like with like. It also prints what the opt-in changes: the share of train crops decoded at a reduced
+DCT scale and the share of their pixels within 1 grey level of the full-resolution result.
 
-  python benchmarks/input_pipeline.py --cores 1 --images 500 --sizes 128,192,300
+  python benchmarks/input_pipeline.py --cores 1 --images 500 --sizes 128,192,300 --timm-python /tmp/timm/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -68,39 +74,30 @@ def images_per_second(batches, num_images: int, warmup_batches: int) -> float:
     return pulled / (time.perf_counter() - start)
 
 
-def ours_train(root: str, size: int, magnitude: float, cores: int, num_images: int) -> float:
+def ours_train(root: str, size: int, magnitude: float, cores: int, num_images: int, jpeg_downscale: bool) -> float:
     from efficientnetv2_jax.data.input_pipeline import train_host_batches
 
     batches = train_host_batches(dataset=f"folder:{root}", split="train", image_size=size,
                                  randaug_magnitude=magnitude, mixup_alpha=0.0, cutmix_alpha=0.0,
                                  global_batch_size=BATCH_SIZE, seed=0, augment="randaug", process_index=0,
-                                 process_count=1, num_threads=cores)
+                                 process_count=1, num_threads=cores, jpeg_downscale=jpeg_downscale)
     return images_per_second(batches, num_images, warmup_batches=3)
 
 
-def ours_eval(root: str, size: int, cores: int, num_images: int) -> float:
+def ours_eval(root: str, size: int, cores: int, num_images: int, jpeg_downscale: bool) -> float:
     from efficientnetv2_jax.data.input_pipeline import eval_host_batches
 
     def endless():
         while True:
             yield from eval_host_batches(dataset=f"folder:{root}", split="eval", image_size=size,
                                          global_batch_size=BATCH_SIZE, process_index=0, process_count=1,
-                                         num_threads=cores)
+                                         num_threads=cores, jpeg_downscale=jpeg_downscale)
 
     return images_per_second(endless(), num_images, warmup_batches=2)
 
 
-def timm_available() -> bool:
-    try:
-        import timm  # noqa: F401
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def timm_train(root: str, size: int, cores: int, num_images: int) -> float:
+    """timm's RandAugment train transform through a DataLoader (run in the --timm-python child)."""
     import torch
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
@@ -113,6 +110,52 @@ def timm_train(root: str, size: int, cores: int, num_images: int) -> float:
     return images_per_second(loader, num_images, warmup_batches=3)
 
 
+def timm_in_child(python: str, root: str, size: int, cores: int, num_images: int) -> float | None:
+    """timm's img/s measured by ``python`` running this script as a worker; None when timm does not import."""
+    command = [python, os.path.abspath(__file__), "--timm-worker", root, "--sizes", str(size), "--cores", str(cores),
+               "--timed-images", str(num_images)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"timm not measured at {size} px ({python}): {done.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["img_s"]
+
+
+def downscale_effect(root: str, sizes: list[int], num_images: int) -> list[tuple[int, float, float]]:
+    """Per size: (share of V2 train crops the opt-in decodes at a reduced scale, share of those crops' pixels
+    within 1 grey level of the full-resolution result), over ``num_images`` train JPEGs, one crop each."""
+    import tensorflow as tf
+
+    from efficientnetv2_jax.data import preprocessing
+
+    paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(os.path.join(root, "train"))
+                   for name in names)[:num_images]
+    rows = []
+    for size in sizes:
+        reduced, within, total = 0, 0, 0
+        for index, path in enumerate(paths):
+            encoded = tf.io.read_file(path)
+            seed = tf.constant([index, size], tf.int64)
+            images = [preprocessing.train_image(encoded, seed, image_size=size, augment="none", randaug_magnitude=0.0,
+                                                random_flip=False, jpeg_downscale=flag).numpy().astype(int)
+                      for flag in (False, True)]
+            if not (images[0] == images[1]).all():
+                reduced += 1
+                within += int((abs(images[0] - images[1]) <= 1).sum())
+                total += images[0].size
+        rows.append((size, reduced / len(paths), within / total if total else 1.0))
+    return rows
+
+
+def median_rates(measure, repeats: int) -> tuple[float, float]:
+    """Median img/s of ``measure(jpeg_downscale)`` for (official, opt-in), the two alternating, ``repeats`` each."""
+    runs = [[measure(flag) for flag in ((False, True) if repeat % 2 == 0 else (True, False))]
+            for repeat in range(repeats)]
+    official = [run[0] if repeat % 2 == 0 else run[1] for repeat, run in enumerate(runs)]
+    opt_in = [run[1] if repeat % 2 == 0 else run[0] for repeat, run in enumerate(runs)]
+    return float(np.median(official)), float(np.median(opt_in))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cores", type=int, default=1, help="CPUs to pin to (tf.data threads / timm workers)")
@@ -120,37 +163,57 @@ def main() -> None:
     parser.add_argument("--timed-images", type=int, default=1024, help="images timed per configuration")
     parser.add_argument("--sizes", default="128,192,300", help="comma-separated train sizes")
     parser.add_argument("--magnitudes", default=",".join(str(m) for m in MAGNITUDES))
-    parser.add_argument("--no-timm", action="store_true", help="skip timm even if it is installed")
+    parser.add_argument("--timm-python", default=sys.executable,
+                        help="interpreter with torch, torchvision and timm (a separate venv is fine)")
+    parser.add_argument("--no-timm", action="store_true", help="skip timm")
+    parser.add_argument("--pixel-images", type=int, default=200, help="JPEGs for the opt-in's pixel difference")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each configuration this many times, settings alternating; report the median")
+    parser.add_argument("--timm-worker", metavar="ROOT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     available = sorted(os.sched_getaffinity(0))
     if not 1 <= args.cores <= len(available):
-        raise ValueError(f"--cores must be in [1, {len(available)}], got {args.cores}")
+        print(f"error: --cores must be in [1, {len(available)}], got {args.cores}", file=sys.stderr)
+        sys.exit(2)
     os.sched_setaffinity(0, available[:args.cores])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sizes = [int(s) for s in args.sizes.split(",")]
     magnitudes = [float(m) for m in args.magnitudes.split(",")]
-    with_timm = timm_available() and not args.no_timm
+    if args.timm_worker:
+        print(json.dumps({"img_s": timm_train(args.timm_worker, sizes[0], args.cores, args.timed_images)}))
+        return
 
     rows = []
     with tempfile.TemporaryDirectory() as root:
         make_jpegs(root, args.images)
         for size in sizes:
-            timm_rate = timm_train(root, size, args.cores, args.timed_images) if with_timm else None
+            timm_rate = None if args.no_timm else timm_in_child(args.timm_python, root, size, args.cores,
+                                                                args.timed_images)
             for magnitude in magnitudes:
-                rate = ours_train(root, size, magnitude, args.cores, args.timed_images)
-                rows.append(("train RandAugment", size, f"m{magnitude:g} n2", rate, timm_rate))
-        rows.append(("eval (full resize)", EVAL_SIZE, "-", ours_eval(root, EVAL_SIZE, args.cores, args.timed_images),
-                     None))
+                rates = median_rates(lambda flag: ours_train(root, size, magnitude, args.cores, args.timed_images, flag),
+                                     args.repeats)
+                rows.append(("train RandAugment", size, f"m{magnitude:g} n2", *rates, timm_rate))
+        rates = median_rates(lambda flag: ours_eval(root, EVAL_SIZE, args.cores, args.timed_images, flag), args.repeats)
+        rows.append(("eval (full resize)", EVAL_SIZE, "-", *rates, None))
+        effect = downscale_effect(root, sizes, args.pixel_images)
 
     print(f"\n{args.images} JPEGs (~500x375, q90) from sklearn sample photos; batch {BATCH_SIZE}; "
-          f"{args.cores} core(s); timm = create_transform(S, is_training=True, auto_augment='rand-m10-n2')")
-    header = f"{'pipeline':<20} {'size':>5} {'RA':>9} {'img/s':>8} {'img/s/core':>11} {'timm/core':>10} {'ours/timm':>10}"
+          f"{args.cores} core(s); median of {args.repeats} run(s); timm = create_transform(S, is_training=True, auto_augment='rand-m10-n2')")
+    print("official = full-resolution JPEG decode (default); opt-in = config.dataset.jpeg_downscale=True; "
+          "figures in img/s/core")
+    header = (f"{'pipeline':<20} {'size':>5} {'RA':>9} {'official':>9} {'opt-in':>8} {'gain':>6} {'timm':>8} "
+              f"{'official/timm':>14} {'opt-in/timm':>12}")
     print(header)
     print("-" * len(header))
-    for name, size, ra, rate, timm_rate in rows:
-        timm_cell = f"{timm_rate / args.cores:10.1f}" if timm_rate else f"{'-':>10}"
-        ratio_cell = f"{rate / timm_rate:10.2f}" if timm_rate else f"{'-':>10}"
-        print(f"{name:<20} {size:>5} {ra:>9} {rate:8.1f} {rate / args.cores:11.1f} {timm_cell} {ratio_cell}")
+    for name, size, ra, official, opt_in, timm_rate in rows:
+        official, opt_in = official / args.cores, opt_in / args.cores
+        timm_cells = (f"{timm_rate / args.cores:8.1f} {official / (timm_rate / args.cores):14.2f} "
+                      f"{opt_in / (timm_rate / args.cores):12.2f}") if timm_rate else f"{'-':>8} {'-':>14} {'-':>12}"
+        print(f"{name:<20} {size:>5} {ra:>9} {official:9.1f} {opt_in:8.1f} {opt_in / official:6.2f} {timm_cells}")
+    print(f"\nopt-in pixels vs official, V2 train crops of {args.pixel_images} JPEGs (crop + resize only):")
+    for size, reduced, within in effect:
+        print(f"  {size:>4} px: {reduced:6.1%} of crops decoded at 1/2-1/8 scale; in those, {within:6.1%} of "
+              f"pixels within 1 grey level of the official decode")
 
 
 if __name__ == "__main__":
