@@ -1,0 +1,130 @@
+"""ImageNet-21k pretraining then a 1k-style finetune, end to end on generated data in the official layout.
+
+Official-layout TFRecords (features ``image``, ``labels``: several class ids per image) are written to the
+ram:// stand-in bucket, converted by ``prepare_imagenet21k`` and pretrained on with configs/imagenet21k.py;
+configs/finetune.py then starts from that workdir (``init_from``) on a folder dataset that lives in the bucket.
+Every data-layer call on bucket paths is guarded (see test_filesystem.py). The converted ArrayRecord files and
+the Orbax workdirs are local: the ArrayRecord reader and Orbax's tensorstore are C++ file layers that speak local
+paths and gs:// themselves, not TensorFlow's ram://.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnetv2_jax.checkpoint import restore_variables
+from efficientnetv2_jax.data import prepare_imagenet21k, registry
+from test_filesystem import bucket, local_os_calls  # noqa: F401  pylint: disable=unused-import
+
+TINY = dict(width=0.25, depth=0.25)
+SIZE = 32
+
+
+def _config(spec: str, **fields):
+    """configs/<file>.py:<arg> shrunk to seconds: tiny model, 32 px, batch 8, a few steps."""
+    name, _, arg = spec.partition(":")
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    config.model.update(TINY)
+    config.update(dict(batch_size=8, eval_batch_size=8, total_steps=3, min_steps=0, eval_image_size=SIZE,
+                       log_every_steps=1, checkpoint_every_steps=0, **fields))
+    config.progressive.train_image_size = SIZE
+    return config
+
+
+def _write_official_tfrecords(folder: str, classes=(5, 9, 21842, 77), files=3, per_file=8) -> None:
+    """imagenet21k-0000N files of tf.train.Examples with a JPEG and 1-3 labels among a few classes."""
+    rng = np.random.default_rng(0)
+    for f in range(files):
+        with tf.io.TFRecordWriter(f"{folder}/imagenet21k-{f:05d}") as writer:
+            for i in range(per_file):
+                labels = sorted(rng.choice(classes, size=1 + i % 3, replace=False).tolist())
+                image = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+                feature = {
+                    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"n{f}_{i}".encode()])),
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(image).numpy()])),
+                    "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
+                }
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def _write_class_folders(root: str, classes=("cat", "dog", "eel")) -> None:
+    for split, count in (("train", 4), ("eval", 2)):
+        for label, name in enumerate(classes):
+            for i in range(count):
+                image = np.full((40, 50, 3), 70 * label + 10 * i, np.uint8)
+                tf.io.gfile.makedirs(f"{root}/{split}/{name}")
+                tf.io.write_file(f"{root}/{split}/{name}/{i}.png", tf.io.encode_png(image))
+
+
+def test_imagenet21k_pretraining_then_finetune_from_it(bucket, tmp_path):  # noqa: F811
+    from efficientnetv2_jax.train import train  # pylint: disable=import-outside-toplevel
+
+    raw = f"{bucket}/imagenet21k_tfrecords"
+    tf.io.gfile.makedirs(raw)
+    _write_official_tfrecords(raw)
+    data_dir = tmp_path / "tensorflow_datasets"
+    counts = prepare_imagenet21k.convert(f"{raw}/imagenet21k*", str(data_dir / "imagenet21k"), eval_files=1,
+                                         minival_files=1)
+    assert counts == {"eval": 8, "minival": 8, "train": 8}
+
+    cache = str(tmp_path / "jax_cache")
+    pretrain = _config("imagenet21k:b0", seed=1, compilation_cache_dir=cache)
+    pretrain.dataset.data_dir = str(data_dir)
+    summary = train.train_and_evaluate(pretrain, str(tmp_path / "b0-21k"))
+    assert summary["steps"] == 3 and summary["dataset"] == "imagenet21k"
+    assert 0.0 <= summary["eval_precision_at_1"] <= 1.0 and summary["eval_examples"] == 8
+    pretrained = restore_variables(str(tmp_path / "b0-21k"), ema=True)
+    assert pretrained["params"]["classifier"]["kernel"].shape[-1] == registry.IMAGENET21K_NUM_CLASSES
+
+    pets = f"{bucket}/pets"
+    _write_class_folders(pets)
+    finetune = _config(f"finetune:b0,folder:{pets}", seed=0, compilation_cache_dir=cache,
+                       init_from=str(tmp_path / "b0-21k"))
+    finetune.lr.base = 0.0  # Parameters stay as loaded, so the carried-over backbone can be compared exactly.
+    summary = train.train_and_evaluate(finetune, str(tmp_path / "b0-ft"))
+    assert summary["steps"] == 3 and summary["eval_examples"] == 6
+    tuned = restore_variables(str(tmp_path / "b0-ft"), ema=False)
+    head = tuned["params"].pop("classifier")
+    assert head["kernel"].shape == (pretrained["params"]["classifier"]["kernel"].shape[0], 3)
+    assert np.abs(head["kernel"]).max() > 0  # A fresh head, not zeros or a slice of the 21k head.
+    pretrained["params"].pop("classifier")
+    leaves = jax_leaves(tuned["params"]), jax_leaves(pretrained["params"])
+    assert len(leaves[0]) == len(leaves[1]) > 20
+    for got, want in zip(*leaves):  # The backbone is the 21k run's EMA weights (seed 1), not a seed-0 init.
+        np.testing.assert_array_equal(got, want)
+    metadata = json.loads((tmp_path / "b0-ft" / "summary.json").read_text())
+    assert metadata["model"] == "efficientnetv2-b0"
+
+
+def jax_leaves(tree) -> list[np.ndarray]:
+    """The leaves of a nested dict in a fixed (sorted key) order."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("num_labels,ok", [(registry.MULTI_LABEL_WIDTH, True), (registry.MULTI_LABEL_WIDTH + 1, False)])
+def test_more_labels_than_the_wire_width_is_an_error_not_a_truncation(tmp_path, num_labels, ok):
+    from efficientnetv2_jax.data import sources  # pylint: disable=import-outside-toplevel
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with tf.io.TFRecordWriter(str(raw / "imagenet21k-00000")) as writer:
+        feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"])),
+                   "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=list(range(num_labels))))}
+        writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    prepare_imagenet21k.convert(str(raw / "*"), str(tmp_path / "imagenet21k"), eval_files=0, minival_files=0)
+    sources.open_source.cache_clear()
+    source = sources.open_source("imagenet21k", "train", str(tmp_path))
+    if ok:
+        _, indices, count = source.fetch(tf.constant([0], tf.int64))
+        assert count.numpy().tolist() == [num_labels] and indices.numpy()[0].tolist() == list(range(num_labels))
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="more than 32 labels"):
+            source.fetch(tf.constant([0], tf.int64))
+    sources.open_source.cache_clear()
