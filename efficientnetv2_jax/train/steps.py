@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -37,7 +38,8 @@ def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict):
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats, tx=tx,
                                           ema_decay=config.ema_decay)
         metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads),
-                   "train_top1": losses.top1_accuracy(logits, labels, batch["mask"])}
+                   "train_top1": losses.top1_accuracy(logits, labels, batch["mask"]),
+                   "num_corrupt": jnp.sum(batch["mask"] == 0)}  # Undecodable images, replaced by masked blanks.
         return new_state, metrics
 
     return train_step

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 from etils import epath
+from jax.experimental import multihost_utils
 
 from efficientnetv2_jax import allocator
 from efficientnetv2_jax import checkpoint as ckpt_lib
@@ -54,7 +55,15 @@ def evaluate(eval_fn, state: TrainState, config: ml_collections.ConfigDict, mesh
             totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
     finally:
         iterator.close()
-    return losses.summarize_eval_counts(to_host(totals))
+    return losses.summarize_eval_counts(to_host(totals)) | {"eval_num_corrupt": _sum_over_processes(
+        iterator.num_corrupt)}
+
+
+def _sum_over_processes(count: int) -> int:
+    """A per-host count summed over all processes (an all-gather, so a host sync: once per evaluation)."""
+    if jax.process_count() == 1:
+        return count
+    return int(np.sum(multihost_utils.process_allgather(np.asarray(count, np.int64))))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -114,6 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_metrics: dict = {}
     step = start_step
     trained_images = 0
+    num_corrupt = 0  # Train images replaced by masked blanks in the steps this run trained (summed on the device).
     train_seconds_total = 0.0
     preempted = False
     reporter = None
@@ -146,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     state, metrics = compiled(state, batch)
                     step += 1
                     trained_images += config.batch_size
+                    num_corrupt = num_corrupt + metrics["num_corrupt"]
                     reporter.step_done(step, metrics)  # Fetches and checks the previous log step.
                     is_eval = config.eval_every_steps > 0 and step % config.eval_every_steps == 0
                     if is_eval and step < total_steps:
@@ -189,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval_image_size": eval_size, "wall_time_s": time.time() - wall_start,
         "images_per_sec": trained_images / train_seconds_total if train_seconds_total else 0.0,
         "allocator": allocator.active_allocator(), "resumed_from_step": start_step, "stages": stage_records,
+        "num_corrupt": int(to_host(num_corrupt)) if isinstance(num_corrupt, jax.Array) else 0,
     }
     if jax.process_index() == 0:
         (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2))
