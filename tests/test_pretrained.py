@@ -17,11 +17,14 @@ import threading
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from processes import run_one
 from test_convert_tf import write_checkpoint
 
-from efficientnetv2_jax import pretrained
+from efficientnetv2_jax import evaluate, export, inference, labels, predict, pretrained
+from efficientnetv2_jax.checkpoint import restore_variables
 from efficientnetv2_jax.convert.target import target_leaves
 from efficientnetv2_jax.convert.tf_checkpoint import official_names
 
@@ -146,15 +149,18 @@ def dead_url() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def assert_official_values(variables: dict, tensors: dict[str, np.ndarray]) -> None:
-    """Every converted leaf equals the archive's tensor under its official name (depthwise transposed back)."""
-    names = official_names(NAME, 1000)
-    for path, tf_name in names.items():
+def assert_official_values(variables: dict, tensors: dict[str, np.ndarray], *, atol: float = 0,
+                           trained: bool = False) -> None:
+    """Every leaf equals the archive's tensor under its official name (depthwise transposed back), within atol;
+    `trained`: only the parameters outside the head (BN moving statistics move 10% per step towards the batch's)."""
+    for path, tf_name in official_names(NAME, 1000).items():
+        if trained and (path[0] == "batch_stats" or path[1] == "classifier"):
+            continue
         leaf = variables
         for key in path:
             leaf = leaf[key]
         expected = tensors[tf_name].transpose(0, 1, 3, 2) if path[2] == "dwconv" else tensors[tf_name]
-        np.testing.assert_array_equal(np.asarray(leaf), expected, err_msg="/".join(path))
+        np.testing.assert_allclose(np.asarray(leaf), expected, rtol=0, atol=atol, err_msg="/".join(path))
 
 
 def cache_files(cache: Path) -> list[str]:
@@ -258,7 +264,8 @@ def test_registry_matches_the_official_readme():
     assert (entry.num_classes, entry.eval_size, entry.label_set, entry.multi_label) == (21843, 224, "imagenet21k", True)
     entry = pretrained.get("efficientnetv2-s-21k-ft1k")
     assert (entry.num_classes, entry.eval_size, entry.label_set) == (1000, 384, "imagenet2012")
-    assert entry.url() == "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/v2/efficientnetv2-s-21k-ft1k.tgz"
+    assert entry.url() == pretrained.DEFAULT_URL_BASE + "/efficientnetv2-s-21k-ft1k.tgz"
+    assert pretrained.DEFAULT_URL_BASE == "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/v2"
 
 
 def test_two_processes_racing_for_one_name_download_it_once(b0, serve, tmp_path):
@@ -275,3 +282,68 @@ def test_two_processes_racing_for_one_name_download_it_once(b0, serve, tmp_path)
     expected = tensors[f"{NAME}/stem/conv2d/kernel"]
     for i in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"{i}.npy"), expected)
+
+
+@pytest.mark.timeout(900)  # A whole (2-step) training of a full-size B0 in a subprocess; its wait is bounded at 600 s.
+def test_init_from_official_finetunes_digits_with_another_class_count(b0, serve, tmp_path):
+    tensors, archive = b0
+    serve({f"{NAME}.tgz": archive})
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "efficientnetv2_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
+               f"--config.init_from=official:{NAME}", "--config.model.width=1.0", "--config.model.depth=1.0",
+               "--config.total_steps=2", "--config.progressive.num_stages=1", "--config.progressive.base_image_size=16",
+               "--config.progressive.train_image_size=16", "--config.eval_image_size=16", "--config.batch_size=16",
+               "--config.eval_batch_size=120", "--config.checkpoint_every_steps=0"]
+    code, output = run_one(command, timeout=600, cwd=ROOT, env=dict(os.environ))
+    assert code == 0, output[-3000:]
+    trained = restore_variables(str(workdir), ema=False)
+    assert trained["params"]["classifier"]["kernel"].shape == (1280, 10)  # Head re-initialised for 10 digits.
+    assert_official_values(trained, tensors, atol=1e-3, trained=True)  # Two warm-up steps moved them < 1e-4.
+
+
+def test_predict_pretrained_on_a_photo_prints_the_models_own_top5_with_imagenet_names(b0, serve, photo_jpegs,
+                                                                                     capsys):
+    serve({f"{NAME}.tgz": b0[1]})
+    photo = str(photo_jpegs["landscape"])  # 500x375 JPEG.
+    assert predict.main(["--pretrained", NAME, "--image-size", "96", photo]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{NAME}, 96x96 px") and out[1] == photo
+    loaded = inference.load_pretrained(NAME, image_size=96)  # Cached now.
+    logits = loaded.logits_fn()(loaded.variables, predict.load_images([photo], loaded.preprocessing))[0]
+    probabilities = np.asarray(jax.nn.softmax(logits))
+    best = np.argsort(-probabilities)[:5]
+    names = labels.class_names("imagenet2012")
+    assert out[2:7] == [f"  {rank}. {probabilities[i]:7.2%}  {names[i]}" for rank, i in enumerate(best, 1)]
+    assert probabilities[best[0]] < 0.9, "a saturated softmax would hide a wrong ranking"
+
+
+def test_evaluate_pretrained_loads_the_official_model_and_checks_the_dataset_against_it(b0, serve, capsys):
+    serve({f"{NAME}.tgz": b0[1]})
+    assert evaluate.main(["--pretrained", NAME, "--dataset", "digits"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert PROGRESS.search(err[0])
+    assert err[1:] == ["error: digits has 10 classes but the checkpoint's classifier has 1000."]
+
+
+def test_export_pretrained_writes_a_saved_model_that_gives_the_models_probabilities(b0, serve, photo_jpegs,
+                                                                                    tmp_path):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    serve({f"{NAME}.tgz": b0[1]})
+    output = tmp_path / "saved_model"
+    assert export.main(["--pretrained", NAME, "--image-size", "64", "--platforms", "cpu", "--output", str(output)]) == 0
+    photo = str(photo_jpegs["landscape"])
+    served = tf.saved_model.load(str(output)).signatures["serving_default"](
+        images=tf.io.decode_jpeg(tf.io.read_file(photo))[None])["probabilities"].numpy()[0]
+    loaded = inference.load_pretrained(NAME, image_size=64)
+    logits = loaded.logits_fn()(loaded.variables, predict.load_images([photo], loaded.preprocessing))[0]
+    assert served.shape == (1000,)
+    np.testing.assert_allclose(served, np.asarray(jax.nn.softmax(logits)), atol=2e-3 * float(np.max(served)))
+
+
+def test_shipped_class_names_are_the_official_label_files():
+    imagenet1k, imagenet21k = labels.class_names("imagenet2012"), labels.class_names("imagenet21k")
+    assert len(imagenet1k) == 1000 and len(set(imagenet1k)) == 1000 and len(imagenet21k) == 21843
+    assert imagenet1k[0] == "n01440764 tench, Tinca tinca"
+    assert imagenet1k[-1] == "n15075141 toilet tissue, toilet paper, bathroom tissue"  # No stray "'}" left.
+    assert imagenet21k[0] == "n00004475 organism, being" and imagenet21k[-1].startswith("class 21842 (not in")
