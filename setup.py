@@ -27,10 +27,12 @@ setuptools.setup(
         "importlib-resources>=6",
         "tensorboard>=2.19",
         "safetensors>=0.4",
+        "scipy>=1.11",
         "cmeel-mimalloc==3.4.3; sys_platform == 'linux'",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "h5py>=3.10", "scikit-image>=0.22"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "h5py>=3.10", "scikit-image>=0.22",
+                 "jax[tpu]==0.10.2"],  # libtpu: the planner's tests compile for TPU topologies on the CPU.
         "tpu": ["jax[tpu]==0.10.2"],
     },
 )

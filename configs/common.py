@@ -4,11 +4,14 @@ Experiment files (`configs/<family>.py:<arg>`) call `base_config` and change wha
 `--config.<field>=<value>`; the config is locked, so a field that does not exist is an error.
 
   model.name              variant efficientnetv2-{b0,b1,b2,b3,s,m,l,xl} (short forms b0..xl accepted)
-  model.dtype             compute dtype 'float32' or 'bfloat16' (parameters, BN statistics and EMA stay float32)
+  model.dtype             compute dtype: 'auto' (official mixed precision: bfloat16 on TPU/GPU, float32 on CPU),
+                          'float32' or 'bfloat16'; parameters, BN statistics, EMA, loss, logits and checkpoints
+                          stay float32
   model.remat             recompute each block in the backward pass (less activation memory at large sizes)
   model.conv_impl         convolution formulation: 'auto' (per backend), 'xla' or 'cpu'
-  model.bn_replica_group  0: BN statistics over the whole global batch (sync BN, our default);
-                          8: the official TPU recipe, statistics within groups of 8 devices' examples
+  model.bn_replica_group  BN statistics over groups of this many TPU cores' examples, min(N x per-core batch,
+                          global batch): official 8 (1,024 examples at batch 4,096 on 32 v3 cores or a v4-32);
+                          the whole batch with <= 8 devices (the CPU quickstart); 0 = the whole global batch
   model.drop_connect_rate stochastic depth: 1 - survival probability of the last block (official 0.2)
   model.dropout_rate      dropout before the classifier; -1 = the variant's (the paper recipe schedules it)
   model.width, model.depth  compound-scaling overrides; 0 = the variant's (set both to shrink a model)
@@ -54,12 +57,13 @@ Experiment files (`configs/<family>.py:<arg>`) call `base_config` and change wha
   progressive.train_image_size  final train size; 0 = the variant's official train size
   progressive.randaug_magnitude, progressive.mixup_alpha, progressive.cutmix_alpha   final values reached by
                           the ramps; -1 = the variant's (cutmix alpha = mixup alpha, as in the official code)
+  shard_state             'replicated' (official) or 'data': optimizer slots, EMA and BN statistics split over the
+                          devices (ZeRO-1; train/sharding.py); checkpoints restore across both and device counts
   checkpoint_every_steps  asynchronous checkpoint interval (also at each stage end, on SIGTERM and at the end)
   keep_checkpoints        how many of the latest checkpoints to keep
   keep_best_checkpoints   how many best-by-eval-top-1 checkpoints to keep in addition
   eval_every_steps        eval interval at the eval size (official: every checkpoint, 1000); 0 = only at the end
   log_every_steps         metric-writer / progress-line interval
-  preemption_sync_every_steps   how often processes agree on a SIGTERM stop (a host sync)
   init_from               a checkpoint dir (a training workdir or a converter output) to start from; the
                           classifier is re-initialised when its class count differs
   compilation_cache_dir   persistent XLA compilation cache ('' = <workdir>/../jax_compilation_cache)
@@ -90,7 +94,7 @@ def base_config(model: str, dataset: str) -> ml_collections.ConfigDict:
     v1_style = variant.augment == "autoaug"
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(
-        name=variant.name, dtype="float32", remat=False, conv_impl="auto", bn_replica_group=0,
+        name=variant.name, dtype="auto", remat=False, conv_impl="auto", bn_replica_group=8,
         drop_connect_rate=0.2, dropout_rate=-1.0, width=0.0, depth=0.0))
     c.dataset = ml_collections.ConfigDict(dict(
         name=dataset, data_dir="", train_split="train", eval_split="eval", augment=variant.augment,
@@ -116,12 +120,12 @@ def base_config(model: str, dataset: str) -> ml_collections.ConfigDict:
     c.progressive = ml_collections.ConfigDict(dict(
         num_stages=4, recipe="official", base_image_size=128, train_image_size=0, randaug_magnitude=-1.0,
         mixup_alpha=-1.0, cutmix_alpha=-1.0))
+    c.shard_state = "replicated"
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.keep_best_checkpoints = 1
     c.eval_every_steps = 1000  # The official recipe evaluates every checkpoint (saved every 1000 steps).
     c.log_every_steps = 100
-    c.preemption_sync_every_steps = 10
     c.init_from = ""
     c.compilation_cache_dir = ""
     c.xla_cpu_scheduler = "memory_optimized"

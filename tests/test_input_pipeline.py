@@ -91,7 +91,6 @@ def test_apply_mixing_on_a_real_sharded_batch_keeps_label_mass(digits_dir, mesh)
     np.testing.assert_allclose(np.asarray(mixed_images), expected_images, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(mixed_labels).sum(-1), 1.0, rtol=1e-6)
     assert (np.asarray(mixed_labels) > 0).sum(-1).max() == 2  # partners' labels were mixed in
-    np.testing.assert_array_equal(host["mix_partner"], mixing.partner_indices(16, True, True))
 
 
 def test_batch_must_divide_over_devices_and_hosts(digits_dir, mesh):

@@ -1,6 +1,7 @@
 """The model zoo: exact official sizes (abstract shapes only), API errors, formulations, endpoints, options."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -199,19 +200,42 @@ def test_endpoints_have_official_strides():
     assert apply(headless, headless_vars, x).shape == ends["pooled_features"].shape
 
 
-def test_bfloat16_compute_keeps_float32_params_and_logits():
-    model = create_model("b0", num_classes=7, dtype="bfloat16", **TINY)
-    x = jnp.ones((2, 32, 32, 3))
-    variables = init(model, x)
+def _equations(jaxpr):
+    """Every equation of a jaxpr, inner jaxprs (jit, remat, custom_vjp bodies) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(inner, jax.extend.core.ClosedJaxpr):
+                    yield from _equations(inner.jaxpr)
+                elif isinstance(inner, jax.extend.core.Jaxpr):
+                    yield from _equations(inner)
+
+
+def test_bfloat16_convolves_in_bfloat16_with_float32_params_and_logits_close_to_float32():
+    model32 = create_model("b0", num_classes=7, conv_impl="xla", **TINY)
+    model16 = create_model("b0", num_classes=7, conv_impl="xla", dtype="bfloat16", **TINY)
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 32, 32, 3))
+    variables = init(model16, x)
     assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-    logits, upd = apply(model, variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
-    assert logits.dtype == jnp.float32
+    convs = [eqn for eqn in _equations(jax.make_jaxpr(lambda v: model16.apply(v, x))(variables).jaxpr)
+             if eqn.primitive.name == "conv_general_dilated"]
+    assert len(convs) > 10 and all(v.aval.dtype == jnp.bfloat16 for eqn in convs for v in eqn.invars)
+    logits16, logits32 = apply(model16, variables, x), apply(model32, variables, x)
+    assert logits16.dtype == jnp.float32
+    gap = float(jnp.max(jnp.abs(logits16 - logits32)))
+    assert 0 < gap < 0.05 * float(jnp.max(jnp.abs(logits32)))  # bf16 keeps ~3 significant digits.
+    _, upd = apply(model16, variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
     assert {leaf.dtype for leaf in jax.tree.leaves(upd)} == {jnp.dtype(jnp.float32)}
 
 
-def test_remat_gives_the_same_gradients():
+def test_remat_recomputes_blocks_and_gives_the_same_gradients():
     model, variables, x = _tiny_setup("auto")
     remat_model = create_model("b0", num_classes=7, remat=True, **TINY)
+    primitives = lambda m: {eqn.primitive.name for eqn in _equations(  # noqa: E731
+        jax.make_jaxpr(lambda v: _loss_and_grads(m, v, x))(variables).jaxpr)}
+    remat_primitives = {"checkpoint", "remat2"}  # jax.checkpoint's primitive; remat2 once differentiated.
+    assert primitives(remat_model) & remat_primitives and not primitives(model) & remat_primitives
     loss, grads = jax.jit(_loss_and_grads, static_argnums=0)(model, variables, x)
     loss_r, grads_r = jax.jit(_loss_and_grads, static_argnums=0)(remat_model, variables, x)
     np.testing.assert_allclose(loss, loss_r, rtol=1e-5)

@@ -162,10 +162,9 @@ def train_host_batches(*, dataset: str, split: str, image_size: int, randaug_mag
     def finish(batch: HostBatch, step: int) -> HostBatch:
         host_batches.count_corrupt(int(np.sum(batch["mask"] == 0)))
         if use_mixing:
-            params = mixing.mixing_params(np.array([seed, step], np.int64), global_batch_size, image_size,
-                                          mixup_alpha, cutmix_alpha)
-            # mix_partner holds global indices: the device assembles the global batch from every host's slice.
-            batch.update({key: params[key][host_slice] for key in mixing.MIXING_KEYS})
+            # Each example's draws are keyed by its global index, so this host draws its own slice only.
+            batch.update(mixing.mixing_params(np.array([seed, step], np.int64), host_batch, image_size,
+                                              mixup_alpha, cutmix_alpha, first_index=host_slice.start))
         return batch
 
     host_batches = HostBatches(batches, finish, start_step, None)

@@ -24,12 +24,12 @@ CONV_IMPLS = ("auto", "xla", "cpu")
 Dtype = Any
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-    """Maps 'auto' to the fastest formulation for the default backend."""
+def resolve_conv_impl(conv_impl: str, backend: str | None = None) -> str:
+    """Maps 'auto' to the fastest formulation for `backend` (default: JAX's default backend)."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid choices: {', '.join(CONV_IMPLS)}.")
     if conv_impl == "auto":
-        return "cpu" if jax.default_backend() == "cpu" else "xla"
+        return "cpu" if (backend or jax.default_backend()) == "cpu" else "xla"
     return conv_impl
 
 

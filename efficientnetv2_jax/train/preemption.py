@@ -11,11 +11,12 @@ Usage in the train loop, on every process:
                 logging.info(preemption.stop_message(step))
                 return  # exit code 0
 
-All processes reach the same decision at the same step: with several processes the local flags are combined by an
-all-gather every `sync_every_steps` steps (a host sync, so not every step), and JAX's own preemption sync point is
-honoured when `jax.distributed` runs its preemption service. Enter the watcher after `jax.distributed.initialize`:
-JAX installs its own SIGTERM handler there, and the watcher's handler then takes over (either way a stop is agreed;
-this was checked with 2 CPU processes and gloo).
+All processes reach the same decision at the same step, without a host sync: with one process the watcher's own
+SIGTERM handler sets the flag; with several (`jax.distributed.initialize`, whose preemption service is on by
+default) SIGTERM is left to JAX's preemption notifier, which tells every process through the coordination
+service, and `multihost_utils.reached_preemption_sync_point(step)` turns true on all of them at the same step (a
+local check, no collective: the loop never waits on the devices for it). Enter the watcher after
+`jax.distributed.initialize`. Checked with 2 CPU processes and gloo (tests/test_checkpoint.py).
 
 For tests and preemption drills, `EFFICIENTNETV2_JAX_SIGTERM_AT_STEP=N` makes every process send itself SIGTERM
 when `should_stop(N)` is called, so a stop at step N is exact rather than timing-dependent.
@@ -30,7 +31,6 @@ import threading
 import types
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,8 @@ SIGTERM_AT_STEP_ENV = "EFFICIENTNETV2_JAX_SIGTERM_AT_STEP"
 class PreemptionWatcher:
     """Context manager that turns SIGTERM (and optionally SIGINT) into a stop request agreed by all processes."""
 
-    def __init__(self, sync_every_steps: int = 10, handle_sigint: bool = False):
-        if sync_every_steps < 1:
-            raise ValueError(f"sync_every_steps must be >= 1, got {sync_every_steps}.")
-        self.sync_every_steps = sync_every_steps
-        self._signals = (signal.SIGTERM, signal.SIGINT) if handle_sigint else (signal.SIGTERM,)
+    def __init__(self, handle_sigint: bool = False):
+        self._handle_sigint = handle_sigint
         self._previous_handlers: dict[int, object] = {}
         self._received: str | None = None
         self._agreed = False
@@ -66,7 +63,9 @@ class PreemptionWatcher:
         if threading.current_thread() is not threading.main_thread():
             logger.warning("PreemptionWatcher outside the main thread: signals are not handled.")
             return self
-        for signum in self._signals:
+        if jax.process_count() > 1:  # SIGTERM stays with JAX's preemption notifier (a handler would replace it).
+            return self
+        for signum in (signal.SIGTERM, signal.SIGINT) if self._handle_sigint else (signal.SIGTERM,):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
         return self
 
@@ -81,12 +80,7 @@ class PreemptionWatcher:
             return True
         if step == self._sigterm_at_step:
             os.kill(os.getpid(), signal.SIGTERM)
-        if jax.process_count() == 1:
-            self._agreed = self.requested
-        elif step % self.sync_every_steps == 0:
-            flags = multihost_utils.process_allgather(np.asarray(self.requested, dtype=np.int32))
-            self._agreed = bool(np.any(flags))
-        self._agreed = self._agreed or _reached_jax_preemption_sync_point(step)
+        self._agreed = self.requested if jax.process_count() == 1 else _reached_jax_preemption_sync_point(step)
         return self._agreed
 
     def stop_message(self, step: int) -> str:

@@ -19,10 +19,15 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from efficientnetv2_jax.models import compiler_options, create_model
+from efficientnetv2_jax.models import compiler_options, create_model, resolve_dtype
+from efficientnetv2_jax.models.layers import resolve_conv_impl
 from efficientnetv2_jax.train import losses, optimizer, progressive
+from efficientnetv2_jax.train.sharding import state_shardings
 from efficientnetv2_jax.train.state import TrainState
 from efficientnetv2_jax.train.steps import make_eval_step, make_train_step
+
+# Device kinds of chips with two TensorCores that JAX drives as one device (megacore).
+_TWO_CORE_MEGACORE_KINDS = ("TPU v4", "TPU v5", "TPU v5p")
 
 
 def make_mesh(batch_size: int, devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
@@ -34,15 +39,46 @@ def make_mesh(batch_size: int, devices: Sequence[Any] | None = None) -> jax.shar
     return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
+def tensorcores_per_device(devices: Sequence[Any]) -> int:
+    """TensorCores behind one JAX device: 2 on v4/v5p in megacore mode (one device per chip, how their VMs run),
+    else 1 (v2/v3 show one device per core; v5e/v6e chips have one core; CPU and GPU devices count as one)."""
+    first = devices[0]
+    if first.platform != "tpu" or first.device_kind not in _TWO_CORE_MEGACORE_KINDS:
+        return 1
+    chips = {(getattr(d, "slice_index", 0), *d.coords) for d in devices}
+    return 2 * len(chips) // len(devices)
+
+
+def bn_group_size(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> int | None:
+    """Examples per BN statistics group: the official TPU rule in examples, None for the whole global batch.
+
+    The official TpuBatchNormalization averages over groups of `model.bn_replica_group` (8) TPU cores, i.e.
+    min(8 x per-core batch, global batch) examples: 1,024 at batch 4,096 on 32 v3 cores, and the same on a v4-32
+    (16 megacore devices of 2 cores each). With 8 or fewer devices (a CPU) that is the whole batch.
+    `bn_replica_group=0` asks for the whole global batch on any slice.
+    """
+    group_cores = config.model.bn_replica_group
+    if group_cores < 0:
+        raise ValueError(f"model.bn_replica_group must be >= 0 (0 = the whole batch), got {group_cores}.")
+    per_core = config.batch_size / (len(devices) * tensorcores_per_device(devices))
+    group = int(min(group_cores * per_core, config.batch_size))
+    if group_cores == 0 or group >= config.batch_size:
+        return None
+    if group < 1 or config.batch_size % group:
+        raise ValueError(f"BN groups of {group_cores} cores ({group} examples) do not split the batch "
+                         f"{config.batch_size}; set model.bn_replica_group to a power of two or 0.")
+    return group
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int, dropout_rate: float | None = None,
                 devices: Sequence[Any] | None = None):
-    """The network with the config's numerics; `dropout_rate` lets the paper recipe change it per stage."""
+    """The network with the config's numerics on `devices` (default: all of this runtime's), whose platform
+    picks the 'auto' dtype and convolution formulation; `dropout_rate` lets the paper recipe change it per stage."""
     mc = config.model
-    device_count = len(devices) if devices is not None else jax.device_count()
-    bn_group_size = None
-    if mc.bn_replica_group > 0 and device_count > mc.bn_replica_group:
-        bn_group_size = config.batch_size // device_count * mc.bn_replica_group
-    overrides = dict(dtype=mc.dtype, remat=mc.remat, conv_impl=mc.conv_impl, bn_group_size=bn_group_size,
+    devices = list(devices if devices is not None else jax.devices())
+    platform = devices[0].platform
+    overrides = dict(dtype=resolve_dtype(mc.dtype, platform), remat=mc.remat,
+                     conv_impl=resolve_conv_impl(mc.conv_impl, platform), bn_group_size=bn_group_size(config, devices),
                      drop_connect_rate=mc.drop_connect_rate)
     if mc.width > 0:
         overrides.update(width=mc.width, depth=mc.depth)
@@ -95,12 +131,10 @@ class Program:
             **losses.compact_label_shapes(b, self.multi_label, sharding),
             "mask": jax.ShapeDtypeStruct((b,), jnp.float32, sharding=sharding),
         }
-        if stage.mixup_alpha > 0 or stage.cutmix_alpha > 0:
-            shapes.update(
-                mixup_lambda=jax.ShapeDtypeStruct((b,), jnp.float32, sharding=sharding),
-                cutmix_box=jax.ShapeDtypeStruct((b, 4), jnp.int32, sharding=sharding),
-                mix_partner=jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding),
-            )
+        if stage.mixup_alpha > 0:
+            shapes["mixup_lambda"] = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=sharding)
+        if stage.cutmix_alpha > 0:
+            shapes["cutmix_box"] = jax.ShapeDtypeStruct((b, 4), jnp.int32, sharding=sharding)
         return shapes
 
     def eval_batch_shapes(self, image_size: int) -> dict:
@@ -113,7 +147,9 @@ class Program:
     def train_step(self, stage: progressive.Stage):
         """The jitted train step of `stage` (its dropout), state donated, outputs with the state's shardings."""
         stage_model = build_model(self.config, self.num_classes, stage.dropout_rate, self.devices)
-        return jax.jit(make_train_step(stage_model, self.tx, self.schedule, self.config), donate_argnums=0,
+        per_device_batch = self.config.batch_size // len(self.devices)
+        return jax.jit(make_train_step(stage_model, self.tx, self.schedule, self.config, per_device_batch),
+                       donate_argnums=0,
                        out_shardings=(self.state_shardings, self.replicated), compiler_options=self.jit_options)
 
     def compile_train_step(self, stage: progressive.Stage) -> tuple[Any, float]:
@@ -150,6 +186,6 @@ def build_program(config: ml_collections.ConfigDict, *, num_classes: int, steps_
                       model=model, tx=tx, schedule=schedule, abstract_state=None, state_shardings=None,
                       jit_options=jit_options)
     shapes = jax.eval_shape(program._init_fn, jax.random.PRNGKey(0))
-    shardings = jax.tree.map(lambda _: program.replicated, shapes)
+    shardings = state_shardings(shapes, mesh, config.shard_state)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     return dataclasses.replace(program, abstract_state=abstract, state_shardings=shardings)

@@ -109,6 +109,13 @@ def _paper_values(config: ml_collections.ConfigDict, m: int) -> tuple[list, list
             _ramp(*row.dropout_rate, m))
 
 
+def run_length(config: ml_collections.ConfigDict, train_examples: int) -> tuple[float, int]:
+    """(steps per epoch, total steps) of the run: `total_steps` if set, else `total_epochs`, at least `min_steps`."""
+    steps_per_epoch = train_examples / config.batch_size
+    total_steps = config.total_steps if config.total_steps > 0 else int(config.total_epochs * steps_per_epoch)
+    return steps_per_epoch, max(total_steps, config.min_steps)
+
+
 def make_stages(config: ml_collections.ConfigDict, total_steps: int) -> list[Stage]:
     """The stage table of a run of `total_steps` global steps, per `config.progressive`."""
     m = config.progressive.num_stages

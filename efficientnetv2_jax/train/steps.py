@@ -14,8 +14,12 @@ from efficientnetv2_jax.train import losses
 from efficientnetv2_jax.train.state import TrainState
 
 
-def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict):
-    """One update: mix, forward in train mode, loss, gradients, optimizer, EMA; returns metrics too."""
+def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mixing_group: int | None = None):
+    """One update: mix, forward in train mode, loss, gradients, optimizer, EMA; returns metrics too.
+
+    `mixing_group`: mixup/cutmix partners stay within groups of this many consecutive examples (the trainer
+    passes the per-device batch: the official per-core pairing, with no gather across devices).
+    """
     dtype = model.dtype
     normalization = config_normalization(model.model_name, config)
 
@@ -23,8 +27,7 @@ def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict):
         rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
         images = normalize_images(batch["image"], model.model_name, dtype, normalization)
         labels = losses.dense_labels(batch, model.num_classes, normalize=config.loss != "sigmoid")
-        if "mixup_lambda" in batch:
-            images, labels = apply_mixing(images, labels, batch)
+        images, labels = apply_mixing(images, labels, batch, mixing_group)  # Unchanged when mixing is off.
 
         def loss_fn(params):
             logits, new_model_state = model.apply(

@@ -36,6 +36,12 @@ from efficientnetv2_jax.train.state import TrainState
 logger = logging.getLogger(__name__)
 
 
+def _no_device_sync():
+    """Where the loop only dispatches (the step, the data, the preemption check), any device-to-host transfer
+    raises: the host stays ahead of the devices, and a new per-step sync fails the trainer's tests."""
+    return jax.transfer_guard_device_to_host("disallow")
+
+
 def to_host(tree: Any) -> Any:
     """Fetches replicated device values on every process (no cross-host transfer needed)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
@@ -82,10 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ------------------------------------------------------------------ data
     info = data_lib.get_dataset_info(config.dataset.name, config.dataset.data_dir or None,
                                      download=config.dataset.download)
-    train_examples = info.split_sizes[config.dataset.train_split]
-    steps_per_epoch = train_examples / config.batch_size
-    total_steps = config.total_steps if config.total_steps > 0 else int(config.total_epochs * steps_per_epoch)
-    total_steps = max(total_steps, config.min_steps)
+    steps_per_epoch, total_steps = progressive.run_length(config, info.split_sizes[config.dataset.train_split])
     stages = progressive.make_stages(config, total_steps)
     eval_size = config.eval_image_size or variant.eval_size
 
@@ -127,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_seconds_total = 0.0
     preempted = False
     reporter = None
-    with PreemptionWatcher(sync_every_steps=config.preemption_sync_every_steps) as watcher:
+    with PreemptionWatcher() as watcher:
         for stage in stages:
             record = dataclasses.asdict(stage) | {"train_seconds": 0.0, "compile_seconds": 0.0}
             stage_records.append(record)
@@ -152,8 +155,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             stage_started = time.perf_counter()
             try:
                 while step < stage.end_step:
-                    batch = next(iterator)
-                    state, metrics = compiled(state, batch)
+                    with _no_device_sync():
+                        batch = next(iterator)
+                        state, metrics = compiled(state, batch)
                     step += 1
                     trained_images += config.batch_size
                     num_corrupt = num_corrupt + metrics["num_corrupt"]
@@ -162,7 +166,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     if is_eval and step < total_steps:
                         eval_metrics = evaluate(eval_fn, state, config, mesh, eval_size)
                         reporter.eval_done(step, eval_metrics)
-                    if watcher.should_stop(step):
+                    with _no_device_sync():
+                        stop = watcher.should_stop(step)
+                    if stop:
                         reporter.check_finite(metrics, step)
                         checkpointer.save(step, state, eval_metrics if is_eval else None, force=True,
                                           stage_index=stage.index)
