@@ -12,7 +12,8 @@ dropout, 4 progressive stages: S 171/214/257/300 px with RandAugment 5->10; M/L/
 RandAugment 5->15/20/20 and mixup = cutmix 0->0.2/0.5/0.5; B0-B3 (AutoAugment) 144..192 / 148..208 / 156..240 px.
 Eval on the 50,000 validation images at the eval size (S 384, M/L 480, XL 512, B0-B3 224/240/260/300) with the
 EMA weights, every 1000 steps (at each checkpoint, as the official eval job), inputs (x-128)/128 for S/M/L/XL and
-ImageNet mean/std for B0-B3 (config.dataset.normalization). Expected top-1 (official README): B0 78.7, B1 79.8, B2 80.5, B3 82.1, S 83.9, M 85.2, L 85.7.
+ImageNet mean/std for B0-B3 (config.dataset.normalization). Expected top-1 (official README): B0 78.7, B1 79.8,
+B2 80.5, B3 82.1, S 83.9, M 85.2, L 85.7.
 `--config.progressive.recipe=paper` uses the paper's Table 6 ranges (S/M/L; dropout scheduled too).
 """
 
