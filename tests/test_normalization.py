@@ -21,7 +21,8 @@ PIXELS = np.array([0, 64, 127, 128, 200, 255], np.float32)
 OFFICIAL = {
     "v2": lambda x: (x - 128.0) / 128.0,
     "finetune": lambda x: (x / 255.0 - 0.5) / 0.5,
-    "imagenet": lambda x: (x[..., None] - np.array([0.485, 0.456, 0.406]) * 255) / (np.array([0.229, 0.224, 0.225]) * 255),
+    "imagenet": lambda x: ((x[..., None] - np.array([0.485, 0.456, 0.406]) * 255)
+                           / (np.array([0.229, 0.224, 0.225]) * 255)),
 }
 
 
