@@ -66,6 +66,7 @@ import tarfile
 import time
 from collections.abc import Callable
 
+from efficientnetv2_jax import cli
 from launch import remote
 from launch.accelerators import LaunchError, check_tpu_name, check_zone, parse_accelerator
 from launch.gcloud import Gcloud
@@ -523,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--dry-run", action="store_true", help="print the gcloud commands instead of running them")
     base.add_argument("--state-dir", type=pathlib.Path, default=default_state_dir(),
                       help="where launches are remembered (default: %(default)s)")
+    cli.add_verbose_flag(base)
     named = argparse.ArgumentParser(add_help=False, allow_abbrev=False, parents=[base])
     named.add_argument("--name", required=True, help="TPU (and queued resource) name, e.g. effnet")
 
@@ -640,4 +642,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main, usage_errors=(LaunchError,))  # Anything unexpected: one line too (--verbose: traceback).
