@@ -25,8 +25,9 @@ Experiment files (`configs/<family>.py:<arg>`) call `base_config` and change wha
   dataset.random_flip     the official random horizontal flip (off where mirroring changes the class)
   dataset.eval_crop_rule  'v2' (centre crop s/(s+32) only below 320 px), 'v1' (B0-B3 crop), 'full' (resize)
   dataset.jpeg_downscale  False (official): decode JPEGs at full resolution. True: decode a crop window at least
-                          2x/4x/8x the output on both sides at libjpeg's 1/2, 1/4, 1/8 DCT scale (faster, not the
-                          official pixels; figures in the README, Input pipeline)
+                          2x/4x/8x the output on both sides at libjpeg's 1/2, 1/4, 1/8 DCT scale; measured on
+                          ~500x375 photos (benchmarks/input_pipeline.py): 0.97-1.01x the speed, and it decodes 38%
+                          of 128-px train crops so that half their pixels move by more than 1 grey level
   dataset.normalization   input normalisation of the recipe (official datasets.py): 'v2' (x-128)/128 (1k S/M/L/XL,
                           21k all variants), 'imagenet' mean/std (1k B0-B3), 'finetune' (x/255-0.5)/0.5 (ImagenetFt)
   dataset.download        let a run download and prepare a TFDS dataset that is not prepared yet (default: fail
