@@ -13,13 +13,14 @@ whole image; 'v1' always that crop with offsets ((h-c)+1)//2; 'full' the whole i
 
 Decoding is at full resolution, as the official ``decode_image`` then crop: a JPEG's crop window is decoded
 directly (``decode_and_crop_jpeg`` with a 2-pixel margin, which gives exactly the pixels of decoding the whole
-image and slicing), other formats are fully decoded and sliced. Normalisation happens on the device, so images leave as uint8. Differences from
-the official code, all at the level of interpolation / rounding:
+image and slicing), other formats are fully decoded and sliced. Normalisation happens on the device, so images
+leave as uint8. Differences from the official code, all at the level of interpolation / rounding:
   * Opt-in ``jpeg_downscale`` (default off; ``config.dataset.jpeg_downscale``): a JPEG window whose both
     sides are at least 2x, 4x or 8x the output is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (a DCT-domain
     box filter) before the resize, the window aligned down to the scaled grid (< 1 scaled pixel). A window
-    smaller than 2x the output on either side is decoded at full resolution. Faster on large windows
-    (low-resolution progressive stages, large photos), but not the official pixels.
+    smaller than 2x the output on either side is decoded at full resolution. Not the official pixels, and on
+    ~500x375 photos not faster either (0.97-1.01x, benchmarks/input_pipeline.py); it can pay off only on
+    images several times larger than the output.
   * Resized images are rounded to uint8 (the official code truncates before RandAugment; <= 1 level) and
     clipped to [0, 255] (the official eval keeps bicubic overshoot in float).
   * Bicubic is TF1's ``resize_bicubic`` (no half-pixel centres), as the official V1 code uses.
