@@ -1,17 +1,16 @@
-"""The trainer end to end on CPU: digits with a tiny variant, preemption, multi-host equivalence, bad input."""
+"""The trainer end to end on CPU: digits with a tiny variant, bad input. Preemption, resume and multi-host
+equivalence run with every augmentation on in tests/test_resume.py."""
 
 import json
 import os
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
-from efficientnetv2_jax.checkpoint import restore_variables, save_variables
-from efficientnetv2_jax.train.preemption import SIGTERM_AT_STEP_ENV
-from processes import Child, run_one, run_processes
+from efficientnetv2_jax.checkpoint import save_variables
+from processes import run_one
 
 pytestmark = pytest.mark.timeout(900)  # Whole trainings in subprocesses; each wait is bounded at 600 s.
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,17 +29,13 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def run_main(workdir, *overrides, cache_dir=None, devices=8, extra_flags=(), wait=True, env=None):
-    """Runs `python -m efficientnetv2_jax.main` on the digits config in a subprocess: (exit code, output), or the
-    started `Child` when not waiting."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               **(env or {}))
+def run_main(workdir, *overrides, cache_dir=None):
+    """Runs `python -m efficientnetv2_jax.main` on the digits config in a subprocess: (exit code, output)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "efficientnetv2_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
-           *TINY_RUN, *overrides, *extra_flags]
+           *TINY_RUN, *overrides]
     if cache_dir:
         cmd.append(f"--config.compilation_cache_dir={cache_dir}")
-    if not wait:
-        return Child(cmd, cwd=ROOT, env=env)
     return run_one(cmd, timeout=600, cwd=ROOT, env=env)
 
 
@@ -69,47 +64,6 @@ def test_digits_trains_evaluates_and_writes_summary(uninterrupted):
     assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4])  # The loss falls.
     assert (uninterrupted / "training_curves.png").stat().st_size > 10_000
     assert list(uninterrupted.glob("events.out.tfevents.*"))  # TensorBoard events.
-
-
-def test_sigterm_mid_stage_then_restart_is_bitwise_equal_to_uninterrupted(uninterrupted, tmp_path, cache_dir):
-    workdir = tmp_path / "preempted"
-    code, out = run_main(workdir, cache_dir=cache_dir, env={SIGTERM_AT_STEP_ENV: "5"})
-    assert code == 0, out[-3000:]
-    assert "Preempted (SIGTERM)" in out
-    assert not (workdir / "summary.json").exists()
-    stopped_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert stopped_at == 5
-
-    code, out = run_main(workdir, cache_dir=cache_dir)
-    assert code == 0, out[-3000:]
-    summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["resumed_from_step"] == stopped_at and summary["steps"] == 24
-    for ema in (False, True):
-        resumed, reference = restore_variables(str(workdir), ema=ema), restore_variables(str(uninterrupted), ema=ema)
-        for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
-            np.testing.assert_array_equal(a, b)
-
-
-def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, cache_dir):
-    short = ("--config.total_steps=6", "--config.progressive.num_stages=1", "--config.lr.base=0.016")
-    single = tmp_path / "single"
-    code, out = run_main(single, *short, cache_dir=cache_dir, devices=4)
-    assert code == 0, out[-3000:]
-    multi = tmp_path / "multi"
-    results = run_processes(lambda address: [
-        run_main(multi, *short, devices=2, wait=False,
-                 extra_flags=[f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"])
-        for i in range(2)], timeout=600)
-    for code, out in results:
-        assert code == 0, out[-3000:]
-    assert json.loads((multi / "summary.json").read_text())["steps"] == 6
-    multi_vars, single_vars = restore_variables(str(multi), ema=False), restore_variables(str(single), ema=False)
-    for a, b in zip(jax.tree.leaves(multi_vars["params"]), jax.tree.leaves(single_vars["params"])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    # BN variances use the official E[x^2]-E[x]^2, whose cancellation makes them the most sensitive to the
-    # order of the cross-device sums; they still agree to 1e-4.
-    for a, b in zip(jax.tree.leaves(multi_vars["batch_stats"]), jax.tree.leaves(single_vars["batch_stats"])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _assert_one_line_error(code, out, pattern):
