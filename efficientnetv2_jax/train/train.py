@@ -8,6 +8,7 @@ progressive stages -> final evaluation and summary.json.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -148,6 +149,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 start_step=step, mesh=mesh, augment=config.dataset.augment, data_dir=config.dataset.data_dir or None,
                 area_range=tuple(config.dataset.crop_area_range), random_flip=config.dataset.random_flip,
                 jpeg_downscale=config.dataset.jpeg_downscale)
+            # The previous stage's input pipeline is garbage now (reference cycles around its tf.data iterator);
+            # left to Python's automatic collection, its teardown stalled the loop mid-stage for 9-35 s
+            # (benchmarks/step_stalls.py). Collect here, at the stage switch, where the loop pauses anyway.
+            gc.collect()
             reporter = ProgressReporter(total_steps=total_steps, start_step=step, batch_size=config.batch_size,
                                         stage=stage, stages=stages, writer=writer, history=history,
                                         compile_seconds=[r["compile_seconds"] for r in stage_records],
