@@ -52,22 +52,25 @@ def train(workdir, cache_dir, *overrides, devices=8, **env):
 
 def assert_same_variables(workdir_a, workdir_b, *, exact: bool) -> None:
     """Params and BN statistics (raw and EMA) equal bit for bit, or within float summation-order noise: other
-    device counts reduce in another order, and 8 steps of RMSProp amplify that; the bound is relative to each
-    tensor's scale (a wrong example, label or partner moves them by a whole update, ~1e-2 of the scale)."""
-    worst = []
+    device counts reduce in another order, and the following steps amplify it. Noise is measured as the relative
+    L2 distance of each whole group (per tensor it is ill-conditioned: BN biases and channel means sit near zero).
+    Measured on this config: 2x2 vs 1x4 3e-6 (params) / 1.2e-5 (batch_stats); 2 steps on 4 devices then 6 on 8
+    vs 8 throughout 5e-5 / 3.6e-4; a different partner for every mixed example (mixing groups of 8 vs 4) 4.8e-3 /
+    4.0e-2 after two mixed steps, 1.2e-2 / 6.3e-2 after four. The bounds sit between the two."""
+    distances = []
     for ema in (False, True):
         a, b = restore_variables(str(workdir_a), ema=ema), restore_variables(str(workdir_b), ema=ema)
         assert jax.tree.structure(a) == jax.tree.structure(b)
-        for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-            name = f"{'ema ' if ema else ''}{jax.tree_util.keystr(path)}"
-            if exact:
-                np.testing.assert_array_equal(x, y, err_msg=name)
-            else:
-                scale = max(float(np.abs(y).max()), 1e-6)
-                worst.append((float(np.abs(x - y).max()) / scale, name))
-    worst.sort(reverse=True)
-    assert exact or all(error <= (1e-3 if "batch_stats" in name else 1e-4) for error, name in worst), worst[:5]
-    print("largest relative-to-scale differences:", worst[:3])
+        if exact:
+            for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+                np.testing.assert_array_equal(x, y, err_msg=f"{'ema ' if ema else ''}{jax.tree_util.keystr(path)}")
+            continue
+        for group in ("params", "batch_stats"):
+            flat_a, flat_b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(v[group])]) for v in (a, b))
+            distances.append((float(np.linalg.norm(flat_a - flat_b) / np.linalg.norm(flat_b)),
+                              f"{'ema ' if ema else ''}{group}"))
+    assert all(distance <= (5e-3 if "batch_stats" in group else 1e-3) for distance, group in distances), distances
+    print("relative L2 distances:", distances)
 
 
 def checkpoint_steps(workdir) -> list[int]:
