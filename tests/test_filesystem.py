@@ -1,8 +1,11 @@
 """Data paths on a bucket: every file operation of the data layer goes through tf.io.gfile.
 
-TensorFlow's in-memory ``ram://`` filesystem stands in for gs:// (no network). The ``bucket`` fixture makes
-every local-OS file call (open, stat, listdir, scandir, makedirs, rename, remove, ...) fail when it is given a
-``ram:`` path, so a test passes only if no code path treats a bucket path as a local file.
+Two stand-ins for a bucket, both without a network: TensorFlow's in-memory ``ram://`` filesystem (``bucket``,
+fast, for the Python-level data layer) and real ``gs://`` paths served by the loopback fake GCS of
+fake_gcs.py (``gcs_bucket``, for everything that also needs the C++ GCS clients: the ArrayRecord reader and
+Orbax's tensorstore). Both fixtures make every local-OS file call (open, stat, listdir, scandir, makedirs,
+rename, remove, ...) fail when it is given a bucket path, so a test passes only if no code path treats a
+bucket path as a local file.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import uuid
 
+import fake_gcs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,13 +28,17 @@ _OS_FILE_CALLS = ("stat", "lstat", "listdir", "scandir", "makedirs", "mkdir", "r
                   "unlink", "rmdir", "open", "access")
 
 
+BUCKET_SCHEMES = ("ram:", "gs:")
+
+
 def _touches_bucket(args) -> bool:
-    return any("ram:" in os.fsdecode(a) for a in args if isinstance(a, (str, bytes, os.PathLike)))
+    return any(scheme in os.fsdecode(a) for a in args if isinstance(a, (str, bytes, os.PathLike))
+               for scheme in BUCKET_SCHEMES)
 
 
 @pytest.fixture
 def local_os_calls(monkeypatch):
-    """Local-OS file calls on ram: paths raise, and are recorded here (the guard catches swallowed ones too)."""
+    """Local-OS file calls on bucket paths raise, and are recorded here (the guard catches swallowed ones too)."""
     calls = []
 
     def guard(name, real):
@@ -48,15 +56,37 @@ def local_os_calls(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def bucket(local_os_calls, monkeypatch, tmp_path):
-    """A fresh ram:// 'bucket' URL under the guard; afterwards no guarded call and no local 'ram:' folder."""
+def _guarded_bucket(url: str, local_os_calls: list, monkeypatch, tmp_path):
+    """Yields ``url``; afterwards no guarded call was made and no local folder was named like a bucket path."""
     monkeypatch.chdir(tmp_path)
     sources.open_source.cache_clear()
-    yield f"ram://bucket-{uuid.uuid4().hex[:8]}"
+    yield url
     sources.open_source.cache_clear()
     assert not local_os_calls, local_os_calls
-    assert not list(tmp_path.glob("ram*")), "a bucket path was created as a local folder"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("ram", "gs"))], \
+        "a bucket path was created as a local folder"
+
+
+@pytest.fixture
+def bucket(local_os_calls, monkeypatch, tmp_path):
+    """A fresh ram:// 'bucket' URL under the guard."""
+    yield from _guarded_bucket(f"ram://bucket-{uuid.uuid4().hex[:8]}", local_os_calls, monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def fake_gcs_server():
+    """The loopback fake GCS, with every GCS client of this process pointed at it while the module runs."""
+    with fake_gcs.serve() as server, pytest.MonkeyPatch.context() as patch:
+        for key, value in server.environment.items():
+            patch.setenv(key, value)
+        yield server
+
+
+@pytest.fixture
+def gcs_bucket(fake_gcs_server, local_os_calls, monkeypatch, tmp_path):  # pylint: disable=redefined-outer-name
+    """A fresh gs:// bucket URL on the fake GCS, under the guard."""
+    del fake_gcs_server
+    yield from _guarded_bucket(f"gs://bucket-{uuid.uuid4().hex[:8]}", local_os_calls, monkeypatch, tmp_path)
 
 
 def _write_folder_dataset(root: str, per_class: int = 4) -> None:
@@ -72,8 +102,10 @@ def test_the_guard_catches_a_local_call(local_os_calls):
         os.path.exists("ram://bucket/x")
     with pytest.raises(AssertionError, match="local OS call"):
         open("ram://bucket/x", encoding="utf-8")
+    with pytest.raises(AssertionError, match="local OS call"):
+        os.listdir("gs://bucket/x")
     assert os.path.exists("/")  # Local paths are untouched.
-    assert len(local_os_calls) == 2
+    assert len(local_os_calls) == 3
 
 
 def test_folder_dataset_on_a_bucket_lists_and_reads_through_gfile(bucket):
@@ -93,10 +125,10 @@ def test_folder_dataset_on_a_bucket_lists_and_reads_through_gfile(bucket):
     np.testing.assert_allclose(values, 60 * batch["label_indices"][:, 0] + np.round(values % 60), atol=1)
 
 
-def test_imagenet21k_converter_reads_and_writes_a_bucket(bucket):
-    raw = f"{bucket}/raw"
+def _write_raw_imagenet21k(raw: str, files: int = 3) -> None:
+    """Official-layout TFRecord files of 2 examples each; example i of file f has labels [f, 10 + i]."""
     tf.io.gfile.makedirs(raw)
-    for f in range(3):
+    for f in range(files):
         with tf.io.TFRecordWriter(f"{raw}/imagenet21k-{f:05d}") as writer:
             for i in range(2):
                 feature = {
@@ -105,6 +137,11 @@ def test_imagenet21k_converter_reads_and_writes_a_bucket(bucket):
                     "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[f, 10 + i])),
                 }
                 writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def test_imagenet21k_converter_reads_and_writes_a_bucket(bucket):
+    raw = f"{bucket}/raw"
+    _write_raw_imagenet21k(raw)
     output = f"{bucket}/tensorflow_datasets/imagenet21k"
     counts = prepare_imagenet21k.convert(f"{raw}/imagenet21k*", output, eval_files=1, minival_files=1)
     assert counts == {"eval": 2, "minival": 2, "train": 2}
@@ -114,6 +151,21 @@ def test_imagenet21k_converter_reads_and_writes_a_bucket(bucket):
         f"{output}/train/imagenet21k-00002.array_record"]
     assert tf.io.gfile.stat(f"{output}/eval/imagenet21k-00000.array_record").length > 0
     assert not tf.io.gfile.glob(f"{output}/*/*.tmp")
+
+
+def test_array_record_reader_reads_imagenet21k_from_gcs(gcs_bucket, fake_gcs_server):  # noqa: F811
+    _write_raw_imagenet21k(f"{gcs_bucket}/raw", files=2)
+    prepare_imagenet21k.convert(f"{gcs_bucket}/raw/*", f"{gcs_bucket}/tfds/imagenet21k", eval_files=1,
+                                minival_files=0)
+    source = sources.open_source("imagenet21k", "train", f"{gcs_bucket}/tfds")
+    assert source.num_examples == 2
+    payload, indices, count = source.fetch(tf.constant([1, 0], tf.int64))
+    assert indices.numpy()[:, :2].tolist() == [[1, 11], [1, 10]] and count.numpy().tolist() == [2, 2]
+    assert tf.io.decode_png(payload[0]).numpy().max() == 1
+    # google-cloud-cpp's own requests (the emulator endpoint, not TensorFlow's proxied ones) read the file.
+    train_file = "tfds%2Fimagenet21k%2Ftrain%2Fimagenet21k-00001.array_record"
+    assert any(host == "127.0.0.1" and f"/o/{train_file}?alt=media" in path
+               for _, host, path, _ in fake_gcs_server.requests())
 
 
 def test_converter_cli_reports_an_empty_bucket_in_one_line(bucket, capsys):
