@@ -1,5 +1,7 @@
 """The model zoo: exact official sizes (abstract shapes only), API errors, formulations, endpoints, options."""
 
+import functools
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -116,9 +118,13 @@ def assert_trees_close(tree, ref, rel=1e-5):
         assert float(jnp.max(jnp.abs(a - b))) <= rel * scale, jax.tree_util.keystr(path)
 
 
-def _tiny_setup(conv_impl, size=33, **kw):
-    model = create_model("b0", num_classes=7, conv_impl=conv_impl, **TINY, **kw)
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, 3))
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, variables, x): the tiny B0 (conv_impl 'auto', the CPU formulation here), its variables and a 33 px
+    batch. Compiled once for the module: the variables depend on neither the conv formulation, the dropout rate,
+    remat nor the input size, so tests clone the model with their option and reuse them."""
+    model = create_model("b0", num_classes=7, **TINY)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 33, 33, 3))
     return model, init(model, x), x
 
 
@@ -130,8 +136,15 @@ def _loss_and_grads(model, variables, x):
     return jax.value_and_grad(loss)(variables["params"])
 
 
-def test_conv_formulations_agree_on_outputs_and_gradients():
-    model, variables, x = _tiny_setup("xla")
+@pytest.fixture(scope="module")
+def tiny_gradients(tiny):
+    """Loss and gradients of the tiny model, compiled with JAX's default options: the reference of the remat and
+    compiler-option tests."""
+    return jax.jit(_loss_and_grads, static_argnums=0)(*tiny)
+
+
+def test_conv_formulations_agree_on_outputs_and_gradients(tiny):
+    model, variables, x = tiny
     results = {}
     for impl in ("xla", "cpu"):
         impl_model = model.clone(conv_impl=impl)
@@ -143,61 +156,74 @@ def test_conv_formulations_agree_on_outputs_and_gradients():
     assert_trees_close(grads, ref_grads)
 
 
-def test_cpu_scheduler_option_is_per_backend_and_keeps_the_numerics():
+def test_cpu_scheduler_option_is_per_backend_and_keeps_the_numerics(tiny, tiny_gradients):
     assert compiler_options(backend="cpu") == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     assert compiler_options("xla_default", backend="cpu") == {}
     assert compiler_options(backend="tpu") == compiler_options(backend="gpu") == {}
     with pytest.raises(ValueError, match="valid choices: memory_optimized, xla_default"):
         compiler_options("fastest")
-    model, variables, x = _tiny_setup("cpu")
+    model, variables, x = tiny
     step = lambda v, x: _loss_and_grads(model, v, x)  # noqa: E731
     tuned = jax.jit(step, compiler_options=compiler_options(backend="cpu"))(variables, x)
-    default = jax.jit(step)(variables, x)
-    np.testing.assert_allclose(tuned[0], default[0], rtol=1e-6)
-    assert_trees_close(tuned[1], default[1])
+    np.testing.assert_allclose(tuned[0], tiny_gradients[0], rtol=1e-6)
+    assert_trees_close(tuned[1], tiny_gradients[1])
+
+
+def _layer_outputs_and_gradients(layers, params, xs):
+    """Each layer's output and the gradient of sum(cos(output)) by its parameters and input."""
+    def apply_and_grad(layer, p, x):
+        f = lambda p, x: jnp.sum(jnp.cos(layer.apply(p, x)))  # noqa: E731
+        return layer.apply(p, x), jax.grad(f, argnums=(0, 1))(p, x)
+    return [apply_and_grad(layer, p, x) for layer, p, x in zip(layers, params, xs)]
 
 
 @pytest.mark.parametrize("size,stride,kernel", [(9, 1, 3), (9, 2, 3), (8, 2, 5), (7, 2, 3)])
 def test_depthwise_pointwise_and_dense_formulations_match_lax_conv(size, stride, kernel):
     # Dense kxk: 3 input channels (the stem's im2col), 12 kept (XLA's convolutions) and 12 widened 4x (the
-    # matrix-product input gradient).
+    # matrix-product input gradient). All layers of one formulation compile as one program (one compilation
+    # instead of one per layer and function); both formulations get the same parameters and inputs.
     cases = ((True, kernel, 6, 6), (False, 1, 6, 6), (False, kernel, 3, 24), (False, kernel, 12, 12),
              (False, kernel, 12, 48))
-    for depthwise, k, in_ch, features in cases:
-        x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, in_ch))
-        outs = {}
-        for impl in ("xla", "cpu"):
-            layer = Conv(features, k, stride, depthwise=depthwise, conv_impl=impl)
-            params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)
-            f = lambda p, x: jnp.sum(jnp.cos(layer.apply(p, x)))  # noqa: E731
-            outs[impl] = (jax.jit(layer.apply)(params, x), jax.jit(jax.grad(f, argnums=(0, 1)))(params, x))
-        np.testing.assert_allclose(outs["cpu"][0], outs["xla"][0], rtol=1e-5, atol=1e-5)
-        for a, b in zip(jax.tree.leaves(outs["cpu"][1]), jax.tree.leaves(outs["xla"][1])):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    xs = [jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, in_ch)) for _, _, in_ch, _ in cases]
+    layers = {impl: [Conv(features, k, stride, depthwise=depthwise, conv_impl=impl)
+                     for depthwise, k, _, features in cases] for impl in ("xla", "cpu")}
+    params = jax.jit(lambda xs: [layer.init(jax.random.PRNGKey(1), x) for layer, x in zip(layers["xla"], xs)])(xs)
+    outs = {impl: jax.jit(functools.partial(_layer_outputs_and_gradients, layers[impl]))(params, xs)
+            for impl in layers}
+    for case, (cpu, xla) in zip(cases, zip(outs["cpu"], outs["xla"])):
+        np.testing.assert_allclose(cpu[0], xla[0], rtol=1e-5, atol=1e-5, err_msg=str(case))
+        for a, b in zip(jax.tree.leaves(cpu[1]), jax.tree.leaves(xla[1])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=str(case))
 
 
-def test_train_mode_updates_batch_stats_and_uses_dropout_rng():
-    model, variables, x = _tiny_setup("auto", dropout_rate=0.5)
+def test_train_mode_updates_batch_stats_and_uses_dropout_rng(tiny):
+    model, variables, x = tiny
+    model = model.clone(dropout_rate=0.5)
     train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}))
     out1, upd = train(variables, x, jax.random.PRNGKey(0))
     out2, _ = train(variables, x, jax.random.PRNGKey(1))
     assert not jnp.allclose(out1, out2)
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), upd["batch_stats"], variables["batch_stats"])
     assert all(jax.tree.leaves(moved))
-    np.testing.assert_array_equal(apply(model, variables, x), apply(model, variables, x))
+    evaluate = jax.jit(lambda v, x: model.apply(v, x))
+    np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
 
 
-def test_endpoints_have_official_strides():
-    model, variables, x = _tiny_setup("auto", size=64)
+def test_endpoints_have_official_strides(tiny):
+    model, variables, _ = tiny
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 64, 64, 3))
     ends = apply(model, variables, x, return_endpoints=True)
     assert ends["stem"].shape[1] == 32
     assert [ends[f"reduction_{i}"].shape[1] for i in range(1, 6)] == [32, 16, 8, 4, 2]
     assert ends["pooled_features"].shape == (4, ends["features"].shape[-1])
     assert ends["logits"].shape == (4, 7)
     headless = create_model("b0", num_classes=0, **TINY)
-    headless_vars = init(headless, x)
-    assert "classifier" not in headless_vars["params"]
-    assert apply(headless, headless_vars, x).shape == ends["pooled_features"].shape
+    headless_shapes = jax.eval_shape(lambda: headless.init(jax.random.PRNGKey(0), x, train=False))
+    headless_vars = {"params": {k: v for k, v in variables["params"].items() if k != "classifier"},
+                     "batch_stats": variables["batch_stats"]}
+    assert "classifier" not in headless_shapes["params"]
+    assert jax.tree.structure(headless_shapes) == jax.tree.structure(headless_vars)
+    np.testing.assert_allclose(apply(headless, headless_vars, x), ends["pooled_features"], rtol=1e-5, atol=1e-5)
 
 
 def _equations(jaxpr):
@@ -212,12 +238,13 @@ def _equations(jaxpr):
                     yield from _equations(inner)
 
 
-def test_bfloat16_convolves_in_bfloat16_with_float32_params_and_logits_close_to_float32():
+def test_bfloat16_convolves_in_bfloat16_with_float32_params_and_logits_close_to_float32(tiny):
+    _, variables, _ = tiny
     model32 = create_model("b0", num_classes=7, conv_impl="xla", **TINY)
     model16 = create_model("b0", num_classes=7, conv_impl="xla", dtype="bfloat16", **TINY)
     x = jax.random.normal(jax.random.PRNGKey(2), (2, 32, 32, 3))
-    variables = init(model16, x)
-    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    created = jax.eval_shape(lambda: model16.init(jax.random.PRNGKey(0), x, train=False))
+    assert {leaf.dtype for leaf in jax.tree.leaves(created)} == {jnp.dtype(jnp.float32)}
     convs = [eqn for eqn in _equations(jax.make_jaxpr(lambda v: model16.apply(v, x))(variables).jaxpr)
              if eqn.primitive.name == "conv_general_dilated"]
     assert len(convs) > 10 and all(v.aval.dtype == jnp.bfloat16 for eqn in convs for v in eqn.invars)
@@ -229,14 +256,14 @@ def test_bfloat16_convolves_in_bfloat16_with_float32_params_and_logits_close_to_
     assert {leaf.dtype for leaf in jax.tree.leaves(upd)} == {jnp.dtype(jnp.float32)}
 
 
-def test_remat_recomputes_blocks_and_gives_the_same_gradients():
-    model, variables, x = _tiny_setup("auto")
+def test_remat_recomputes_blocks_and_gives_the_same_gradients(tiny, tiny_gradients):
+    model, variables, x = tiny
     remat_model = create_model("b0", num_classes=7, remat=True, **TINY)
     primitives = lambda m: {eqn.primitive.name for eqn in _equations(  # noqa: E731
         jax.make_jaxpr(lambda v: _loss_and_grads(m, v, x))(variables).jaxpr)}
     remat_primitives = {"checkpoint", "remat2"}  # jax.checkpoint's primitive; remat2 once differentiated.
     assert primitives(remat_model) & remat_primitives and not primitives(model) & remat_primitives
-    loss, grads = jax.jit(_loss_and_grads, static_argnums=0)(model, variables, x)
+    loss, grads = tiny_gradients
     loss_r, grads_r = jax.jit(_loss_and_grads, static_argnums=0)(remat_model, variables, x)
     np.testing.assert_allclose(loss, loss_r, rtol=1e-5)
     assert_trees_close(grads_r, grads)
