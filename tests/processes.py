@@ -72,35 +72,45 @@ def wait_all(children: Sequence[Child], timeout: float, until: Callable[[], bool
     return False
 
 
+def finish(children: Sequence[Child], timeout: float) -> list[tuple[int, str]]:
+    """Waits for started children (see `wait_all`), kills whatever still runs, and returns their (exit code,
+    output); a child that had to be killed reports a negative exit code and a `[test] killed` line."""
+    try:
+        finished = wait_all(children, timeout)
+    finally:
+        for child in children:
+            child.kill()
+    note = "" if finished else f"\n[test] killed after {timeout:.0f} s"
+    return [(child.returncode, child.output() + note) for child in children]
+
+
 def run_processes(launch: Callable[[str], list[Child]], timeout: float, attempts: int = 3) -> list[tuple[int, str]]:
     """Starts processes with `launch(coordinator_address)` and returns their (exit code, output).
 
-    Waits at most `timeout` seconds per attempt; every process is killed when it is over (a child that had to be
-    killed reports a negative exit code). When the coordinator could not bind its port, retries on a new one.
+    Waits at most `timeout` seconds per attempt; every process is killed when it is over. When the coordinator
+    could not bind its port, retries on a new one.
     """
     attempt = 1
     while True:
-        children = launch(f"localhost:{free_port()}")
-        try:
-            finished = wait_all(children, timeout)
-        finally:
-            for child in children:
-                child.kill()
-        results = [(child.returncode, child.output()) for child in children]
-        if not finished:
-            results = [(code, out + f"\n[test] killed after {timeout:.0f} s") for code, out in results]
+        results = finish(launch(f"localhost:{free_port()}"), timeout)
         bind_failed = any(failure in out for _, out in results for failure in COORDINATOR_BIND_FAILURES)
         if attempt == attempts or not bind_failed:
             return results
         attempt += 1
 
 
+def run_together(commands: Sequence[Sequence[str]], timeout: float, **popen_kwargs) -> list[tuple[int, str]]:
+    """Runs processes side by side, all within `timeout` seconds (killed otherwise); their (exit code, output)."""
+    children = []
+    try:
+        for command in commands:
+            children.append(Child(command, **popen_kwargs))
+    except BaseException:
+        finish(children, 0)
+        raise
+    return finish(children, timeout)
+
+
 def run_one(command: Sequence[str], timeout: float, **popen_kwargs) -> tuple[int, str]:
     """Runs one process to completion within `timeout` seconds (killed otherwise); (exit code, output)."""
-    child = Child(command, **popen_kwargs)
-    try:
-        finished = wait_all([child], timeout)
-    finally:
-        child.kill()
-    output = child.output() + ("" if finished else f"\n[test] killed after {timeout:.0f} s")
-    return child.returncode, output
+    return run_together([command], timeout, **popen_kwargs)[0]

@@ -10,7 +10,6 @@ import io
 import os
 import re
 import socket
-import subprocess
 import sys
 import tarfile
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from processes import run_one
+from processes import run_one, run_together
 from test_convert_tf import write_checkpoint
 
 from efficientnetv2_jax import evaluate, export, inference, labels, predict, pretrained
@@ -273,11 +272,9 @@ def test_two_processes_racing_for_one_name_download_it_once(b0, serve, tmp_path)
     server = serve({f"{NAME}.tgz": archive}, seconds_per_mb=0.05)  # ~1.5 s: the second starts mid-download.
     script = ("import sys, numpy as np; from efficientnetv2_jax import pretrained; "
               f"v = pretrained.load('{NAME}'); np.save(sys.argv[1], v['params']['stem']['conv']['kernel'])")
-    env = dict(os.environ)
-    children = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"{i}.npy")], cwd=ROOT, env=env,
-                                 stderr=subprocess.PIPE, text=True) for i in range(2)]
-    errors = [child.communicate(timeout=300)[1] for child in children]
-    assert [child.returncode for child in children] == [0, 0], errors
+    results = run_together([[sys.executable, "-c", script, str(tmp_path / f"{i}.npy")] for i in range(2)],
+                           timeout=240, cwd=ROOT, env=dict(os.environ))
+    assert [code for code, _ in results] == [0, 0], [out[-2000:] for _, out in results]
     assert server.full_downloads(f"{NAME}.tgz") == 1, server.requests
     expected = tensors[f"{NAME}/stem/conv2d/kernel"]
     for i in range(2):
