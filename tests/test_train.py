@@ -23,12 +23,6 @@ TINY_RUN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One persistent compilation cache for every run of this module: restarts then skip recompiling."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def run_main(workdir, *overrides, cache_dir=None):
     """Runs `python -m efficientnetv2_jax.main` on the digits config in a subprocess: (exit code, output)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
@@ -40,9 +34,9 @@ def run_main(workdir, *overrides, cache_dir=None):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache_dir):
+def uninterrupted(tmp_path_factory, compilation_cache_dir):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    code, out = run_main(workdir, cache_dir=cache_dir)
+    code, out = run_main(workdir, cache_dir=compilation_cache_dir)
     assert code == 0, out[-3000:]
     return workdir
 
@@ -73,7 +67,7 @@ def _assert_one_line_error(code, out, pattern):
     assert "Traceback" not in out, out[-2000:]
 
 
-def test_bad_inputs_fail_early_with_one_clear_line(tmp_path, cache_dir):
+def test_bad_inputs_fail_early_with_one_clear_line(tmp_path, compilation_cache_dir):
     code, out = run_main(tmp_path / "a", "--config.batch_sise=64")
     _assert_one_line_error(code, out, "batch_sise")
     code, out = run_main(tmp_path / "b", "--config.batch_size=60")
@@ -83,5 +77,5 @@ def test_bad_inputs_fail_early_with_one_clear_line(tmp_path, cache_dir):
     other = tmp_path / "other_model"
     save_variables(str(other), {"params": {"w": np.zeros(2)}, "batch_stats": {}}, model_name="efficientnetv2-s",
                    num_classes=10)
-    code, out = run_main(tmp_path / "d", f"--config.init_from={other}", cache_dir=cache_dir)
+    code, out = run_main(tmp_path / "d", f"--config.init_from={other}", cache_dir=compilation_cache_dir)
     _assert_one_line_error(code, out, "efficientnetv2-s")
