@@ -105,7 +105,9 @@ def _analyse(compiled, *, batch_bytes: int, capacity_gib: float, per_device_batc
     arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
     total = arguments + outputs - memory.alias_size_in_bytes + memory.temp_size_in_bytes
     collectives = collective_sizes(compiled.as_text())
-    step_seconds = float(cost.get("optimal_seconds", float("nan")))
+    compiler_seconds = float(cost.get("optimal_seconds", float("nan")))
+    # libtpu 0.0.42's cost model answers a negative time for some steps (v4 megacore, bf16): no estimate, not a time.
+    step_seconds = compiler_seconds if compiler_seconds > 0 else None
     return {
         "per_device_batch": per_device_batch,
         "hbm_gib": {"state": (arguments - batch_bytes) / GIB, "temporaries": (total - arguments) / GIB,
@@ -115,7 +117,9 @@ def _analyse(compiled, *, batch_bytes: int, capacity_gib: float, per_device_batc
         "collective_bytes": {op: int(sum(sizes)) for op, sizes in sorted(collectives.items())},
         "largest_collective_bytes": max((max(sizes) for sizes in collectives.values()), default=0),
         "estimated_step_seconds": step_seconds,
-        "estimated_images_per_sec_per_chip": per_device_batch * devices_per_chip / step_seconds,
+        "estimated_images_per_sec_per_chip": None if step_seconds is None
+        else per_device_batch * devices_per_chip / step_seconds,
+        "compiler_optimal_seconds": compiler_seconds,
         "compile_seconds": compile_seconds,
     }
 
@@ -261,8 +265,20 @@ def format_table(result: dict) -> str:
         out.append(f"Total, compiler estimate{partial}: {r['estimated_hours']:.2f} h for {r['epochs']:.0f} epochs "
                    f"({r['total_steps']:,} steps), {r['estimated_chip_hours']:.1f} chip-hours; eval pass "
                    f"{_seconds(r['eval']['eval_pass_seconds'])}; compiled in {r['compile_seconds']:.0f} s.")
+    out.extend(_no_estimate(r))
     out.extend(_verdict(r))
     return "\n".join(out)
+
+
+def _no_estimate(result: dict) -> list[str]:
+    """A line naming the compiled steps for which the compiler's cost model gave no usable time."""
+    missing = [e for e in [*result["stages"], result["eval"]] if e["fits"] and e["estimated_step_seconds"] is None]
+    if not missing:
+        return []
+    names = ", ".join(f"stage {e['stage']}" if "stage" in e else "eval" for e in missing)
+    answers = ", ".join(f"{e['compiler_optimal_seconds']:g}" for e in missing)
+    return [f"No time estimate for {names}: the TPU compiler's cost model answered {answers} s (not a duration), "
+            "so no hours are given."]
 
 
 def _seconds(value: float | None) -> str:

@@ -85,6 +85,20 @@ def test_table_rows_and_totals_are_printed(two_stage_plan):
     assert "Total, compiler estimate:" in out and "not measurements" in out
 
 
+def test_a_negative_compiler_time_is_no_estimate_not_a_duration(capsys, tmp_path):
+    path = tmp_path / "plan.json"  # libtpu 0.0.42's cost model answers negative times for bf16 steps on a v4.
+    code, out, err = run_plan(capsys, "--accelerator-type=v4-8", "--config.batch_size=64",
+                              "--config.progressive.num_stages=1", "--config.progressive.train_image_size=32",
+                              f"--json={path}")
+    assert code == 0, err
+    result = json.loads(path.read_text())
+    steps = [*result["stages"], result["eval"]]
+    assert all(e["estimated_step_seconds"] is None or e["estimated_step_seconds"] > 0 for e in steps)
+    assert all((e["estimated_step_seconds"] is None) == (e["compiler_optimal_seconds"] <= 0) for e in steps)
+    if any(e["estimated_step_seconds"] is None for e in steps):
+        assert result["estimated_hours"] is None and "No time estimate for " in out and "Total," not in out
+
+
 def test_a_step_that_cannot_fit_is_a_verdict_not_a_crash(capsys, tmp_path):
     path = tmp_path / "plan.json"  # b0 32x as wide: 0.8 billion parameters, 4 copies of them in the state.
     code, out, err = run_plan(capsys, "--accelerator-type=v2-8", "--config.model.width=32.0", "--config.batch_size=64",
