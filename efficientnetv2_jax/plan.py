@@ -106,7 +106,7 @@ def _analyse(compiled, *, batch_bytes: int, capacity_gib: float, per_device_batc
     total = arguments + outputs - memory.alias_size_in_bytes + memory.temp_size_in_bytes
     collectives = collective_sizes(compiled.as_text())
     compiler_seconds = float(cost.get("optimal_seconds", float("nan")))
-    # libtpu 0.0.42's cost model answers a negative time for some steps (v4 megacore, bf16): no estimate, not a time.
+    # libtpu 0.0.42's cost model answers a negative time for the train steps it costs on v4 (megacore): no estimate.
     step_seconds = compiler_seconds if compiler_seconds > 0 else None
     return {
         "per_device_batch": per_device_batch,

@@ -86,7 +86,7 @@ def test_table_rows_and_totals_are_printed(two_stage_plan):
 
 
 def test_a_negative_compiler_time_is_no_estimate_not_a_duration(capsys, tmp_path):
-    path = tmp_path / "plan.json"  # libtpu 0.0.42's cost model answers negative times for bf16 steps on a v4.
+    path = tmp_path / "plan.json"  # libtpu 0.0.42's cost model answers negative times for train steps on a v4.
     code, out, err = run_plan(capsys, "--accelerator-type=v4-8", "--config.batch_size=64",
                               "--config.progressive.num_stages=1", "--config.progressive.train_image_size=32",
                               f"--json={path}")
