@@ -6,11 +6,13 @@ Data: scikit-learn's 1,797 handwritten 8x8 digits (bundled with the package, no 
 360 test, upsampled by the pipeline. Model: EfficientNetV2-B0's block table at width 0.5 / depth 0.5 (the
 same block types, stem and head). 4 progressive stages, 20/24/28/32 px, the official optimizer (TF1
 RMSProp, warm-up + staircase decay, L2, label smoothing) with a short EMA (0.99: the official 0.9999 would
-average over the earlier, smaller-image stages of so short a run). Measured: 98.1% test top-1 with the
-default seed 0 (EMA weights) before the pod-path changes of 2026-11-30, 95.8% after them (same losses to
-7 digits over the first steps; the float summation order moved); other seeds land between ~96% and ~99%
-(the 360-image test set is small: 1 image = 0.28%). About 2.5 minutes on 2 CPU cores, half of it XLA
-compilation (cached for re-runs).
+average over the earlier, smaller-image stages of so short a run). Random crops keep 80-100% of the image area:
+the official 5-100% (V1: 8-100%) is for photos, where a crop still shows the object; an 8x8 digit cropped to half
+its area can lose the strokes that tell it apart, and is enlarged up to 1.4x beyond the full-image eval view.
+Measured (test top-1 of the EMA weights, 360 images: 1 image = 0.28%), seeds 0/1/2: 98.33/98.61/99.17 with this
+recipe; with crops of 50-100% (the previous recipe) 95.83 (seed 0), and 97.22/98.06/96.67 at 90 instead of
+60 epochs; with 80-100% crops and 90 epochs 97.50 (seed 0). About 2.5-3 minutes on 2 CPU cores, half of it XLA
+compilation (cached for re-runs of the same seed: the seed is a constant of the compiled step).
 summary.json, TensorBoard events and training_curves.png land in the workdir.
 
 `configs/digits.py:aug` turns every stochastic augmentation on, for tests that must show that resume and host
@@ -32,7 +34,7 @@ def get_config(arg: str | None = None):
     c.model.drop_connect_rate = 0.05
     c.dataset.augment = "none"  # Crop + resize; RandAugment's 100 px translations suit ImageNet sizes.
     c.dataset.random_flip = False  # A mirrored digit is another (or no) digit.
-    c.dataset.crop_area_range = (0.5, 1.0)
+    c.dataset.crop_area_range = (0.8, 1.0)  # 0.5-1 scored 95.8% (seed 0); see the docstring.
     c.dataset.eval_crop_rule = "full"
     c.batch_size = 64
     c.eval_batch_size = 64
