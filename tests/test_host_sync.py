@@ -65,6 +65,7 @@ class SyncCounter:
 
 @pytest.fixture
 def counter(monkeypatch):
+    """A SyncCounter wired in: every device-to-host path counted, the loop's guard marked, the step tracked."""
     counter = SyncCounter()
     impl = jax_array.ArrayImpl
     for method in ("__array__", "item", "tolist", "__dlpack__", "block_until_ready",
@@ -85,18 +86,19 @@ def counter(monkeypatch):
     return counter
 
 
-def _tiny_digits_config(tmp_path):
+def _tiny_digits_config(compilation_cache_dir: str):
+    """The quickstart config shrunk to seconds: tiny model, one 16 px stage of 12 steps, no mid-run checkpoint/eval."""
     config = importlib.import_module("configs.digits").get_config(None)
     config.model.update(width=0.25, depth=0.25)
     config.update(batch_size=8, eval_batch_size=64, total_steps=TOTAL_STEPS, log_every_steps=LOG_EVERY,
                   checkpoint_every_steps=0, eval_every_steps=0, eval_image_size=16,
-                  compilation_cache_dir=str(tmp_path / "jax_cache"))
+                  compilation_cache_dir=compilation_cache_dir)
     config.progressive.update(num_stages=1, train_image_size=16)
     return config
 
 
-def test_loop_syncs_with_the_device_only_to_fetch_log_windows(counter, tmp_path):
-    summary = train.train_and_evaluate(_tiny_digits_config(tmp_path), str(tmp_path / "run"))
+def test_loop_syncs_with_the_device_only_to_fetch_log_windows(counter, tmp_path, compilation_cache_dir):
+    summary = train.train_and_evaluate(_tiny_digits_config(compilation_cache_dir), str(tmp_path / "run"))
     assert summary["steps"] == TOTAL_STEPS
     inside = [(step, name) for step, dispatching, name in counter.syncs if dispatching]
     assert not inside, f"device-to-host transfers inside dispatch-only blocks (step, path): {inside}"
