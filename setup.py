@@ -21,6 +21,7 @@ setuptools.setup(
         "tensorflow-cpu==2.21.0",
         "tensorflow-datasets==4.9.10",
         "array-record==0.8.6",
+        "google-cloud-storage>=3.0",  # Orbax asks it for a gs:// bucket's layout when it lists checkpoint steps.
         "scikit-learn>=1.5",
         "matplotlib>=3.8",
         "pillow>=10",
@@ -31,7 +32,8 @@ setuptools.setup(
         "cmeel-mimalloc==3.4.3; sys_platform == 'linux'",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "h5py>=3.10", "scikit-image>=0.22",
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "pytest-timeout>=2.3", "h5py>=3.10", "scikit-image>=0.22",
+                 "cryptography>=42",  # tests/fake_gcs.py: the throw-away CA of the loopback GCS.
                  "jax[tpu]==0.10.2"],  # libtpu: the planner's tests compile for TPU topologies on the CPU.
         "tpu": ["jax[tpu]==0.10.2"],
     },

@@ -5,7 +5,7 @@ media download/upload that the GCS clients of the test process use, and each cli
 own setting:
   * TensorFlow's gfile (and through it etils.epath, so Orbax's directory operations) has no endpoint
     setting, so the server is also its HTTPS proxy (``HTTPS_PROXY``): it accepts CONNECT for the Google
-    storage hosts, terminates TLS with a throw-away CA made by the ``openssl`` binary (``CURL_CA_BUNDLE``)
+    storage hosts, terminates TLS with a throw-away CA made with ``cryptography`` (``CURL_CA_BUNDLE``)
     and serves the decrypted requests itself;
   * tensorstore (Orbax's array data): ``TENSORSTORE_GCS_HTTP_URL``;
   * google-cloud-cpp (array_record's reader): ``CLOUD_STORAGE_EMULATOR_ENDPOINT``;
@@ -357,19 +357,42 @@ class _Server(http.server.ThreadingHTTPServer):
 
 def _make_certificates(folder: str) -> tuple[str, str, str]:
     """A throw-away CA and a certificate for the storage hosts signed by it: (ca.pem, cert.pem, key.pem)."""
-    ca, ca_key, cert, key, csr = (os.path.join(folder, n) for n in ("ca.pem", "ca.key", "cert.pem", "key.pem", "csr"))
-    names = ",".join(f"DNS:{h}" for h in STORAGE_HOSTS)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
-    run("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=fake-gcs test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-    run("req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={STORAGE_HOSTS[0]}")
-    extensions = os.path.join(folder, "ext.cnf")
-    with open(extensions, "w", encoding="utf-8") as f:
-        f.write(f"subjectAltName={names}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
-        "-extfile", extensions)
-    return ca, cert, key
+    from cryptography import x509  # pylint: disable=g-import-not-at-top
+    from cryptography.hazmat.primitives import hashes, serialization  # pylint: disable=g-import-not-at-top
+    from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=g-import-not-at-top
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # pylint: disable=g-import-not-at-top
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject: str, key, issuer: str, signer, extensions) -> x509.Certificate:
+        builder = x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        builder = builder.issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        builder = builder.public_key(key.public_key()).serial_number(x509.random_serial_number())
+        builder = builder.not_valid_before(now - datetime.timedelta(hours=1))
+        builder = builder.not_valid_after(now + datetime.timedelta(days=2))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = "fake-gcs test CA"
+    ca_usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                             data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=False,
+                             encipher_only=False, decipher_only=False)
+    ca_cert = certificate(ca_name, ca_key, ca_name, ca_key, [(x509.BasicConstraints(ca=True, path_length=None), True),
+                                                             (ca_usage, True)])
+    server_cert = certificate(STORAGE_HOSTS[0], server_key, ca_name, ca_key, [
+        (x509.SubjectAlternativeName([x509.DNSName(h) for h in STORAGE_HOSTS]), False),
+        (x509.BasicConstraints(ca=False, path_length=None), False),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)])
+    paths = tuple(os.path.join(folder, n) for n in ("ca.pem", "cert.pem", "key.pem"))
+    key_pem = server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+    for path, data in zip(paths, (ca_cert.public_bytes(serialization.Encoding.PEM),
+                                  server_cert.public_bytes(serialization.Encoding.PEM), key_pem)):
+        with open(path, "wb") as f:
+            f.write(data)
+    return paths
 
 
 @dataclasses.dataclass
