@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from efficientnetv2_jax.data import get_dataset_info, prepare_imagenet21k, registry, sources
 from efficientnetv2_jax.data.folder_source import load_folder_split
+from test_filesystem import official_imagenet21k_example
 
 
 @pytest.fixture(autouse=True)
@@ -150,12 +151,7 @@ def _write_imagenet21k_tfrecords(folder, num_files=3, per_file=4):
             for i in range(per_file):
                 labels = sorted(rng.choice(registry.IMAGENET21K_NUM_CLASSES, size=1 + i % 3, replace=False).tolist())
                 image = tf.io.encode_jpeg(np.full((16, 20, 3), 10 * f + i, np.uint8)).numpy()
-                feature = {
-                    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"{f}_{i}".encode()])),
-                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-                    "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
-                }
-                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+                writer.write(official_imagenet21k_example(image, labels, f"{f}_{i}"))
                 expected[(f, i)] = labels
     return expected
 

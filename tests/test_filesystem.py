@@ -125,18 +125,23 @@ def test_folder_dataset_on_a_bucket_lists_and_reads_through_gfile(bucket):
     np.testing.assert_allclose(values, 60 * batch["label_indices"][:, 0] + np.round(values % 60), atol=1)
 
 
+def official_imagenet21k_example(image: bytes, labels: list[int], example_id: str | None = None) -> bytes:
+    """One serialized tf.train.Example in the layout of the official ImageNet-21k TFRecords."""
+    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+               "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=labels))}
+    if example_id is not None:
+        feature["id"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id.encode()]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
 def _write_raw_imagenet21k(raw: str, files: int = 3) -> None:
     """Official-layout TFRecord files of 2 examples each; example i of file f has labels [f, 10 + i]."""
     tf.io.gfile.makedirs(raw)
     for f in range(files):
         with tf.io.TFRecordWriter(f"{raw}/imagenet21k-{f:05d}") as writer:
             for i in range(2):
-                feature = {
-                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-                        value=[tf.io.encode_png(np.full((8, 8, 3), i, np.uint8)).numpy()])),
-                    "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[f, 10 + i])),
-                }
-                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+                image = tf.io.encode_png(np.full((8, 8, 3), i, np.uint8)).numpy()
+                writer.write(official_imagenet21k_example(image, [f, 10 + i]))
 
 
 def test_imagenet21k_converter_reads_and_writes_a_bucket(bucket):

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from efficientnetv2_jax.checkpoint import restore_variables
 from efficientnetv2_jax.data import prepare_imagenet21k, registry
+from test_filesystem import official_imagenet21k_example
 from test_filesystem import fake_gcs_server, gcs_bucket, local_os_calls  # noqa: F401  pylint: disable=unused-import
 
 TINY = dict(width=0.25, depth=0.25)
@@ -44,12 +45,7 @@ def _write_official_tfrecords(folder: str, classes=(5, 9, 21842, 77), files=3, p
             for i in range(per_file):
                 labels = sorted(rng.choice(classes, size=1 + i % 3, replace=False).tolist())
                 image = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
-                feature = {
-                    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"n{f}_{i}".encode()])),
-                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(image).numpy()])),
-                    "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
-                }
-                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+                writer.write(official_imagenet21k_example(tf.io.encode_jpeg(image).numpy(), labels, f"n{f}_{i}"))
 
 
 def _write_class_folders(root: str, classes=("cat", "dog", "eel")) -> None:
@@ -124,9 +120,7 @@ def test_more_labels_than_the_wire_width_is_an_error_not_a_truncation(tmp_path, 
     raw = tmp_path / "raw"
     raw.mkdir()
     with tf.io.TFRecordWriter(str(raw / "imagenet21k-00000")) as writer:
-        feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"])),
-                   "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=list(range(num_labels))))}
-        writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        writer.write(official_imagenet21k_example(b"x", list(range(num_labels))))
     prepare_imagenet21k.convert(str(raw / "*"), str(tmp_path / "imagenet21k"), eval_files=0, minival_files=0)
     sources.open_source.cache_clear()
     source = sources.open_source("imagenet21k", "train", str(tmp_path))

@@ -12,6 +12,7 @@ from jax.sharding import Mesh, PartitionSpec
 from efficientnetv2_jax.data import input_pipeline, mixing, make_eval_iterator, make_train_iterator, prepare_imagenet21k, sources
 from efficientnetv2_jax.data.example_order import TrainOrder
 from efficientnetv2_jax.train.losses import dense_labels
+from test_filesystem import official_imagenet21k_example
 
 SIZE = 16
 
@@ -193,12 +194,8 @@ def test_multi_hot_labels_are_normalised_unless_disabled(tmp_path):
     raw.mkdir()
     with tf.io.TFRecordWriter(str(raw / "imagenet21k-00000")) as writer:
         for i in range(4):
-            feature = {
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[tf.io.encode_png(np.full((8, 8, 3), i, np.uint8)).numpy()])),
-                "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=list(range(i + 1)))),
-            }
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+            image = tf.io.encode_png(np.full((8, 8, 3), i, np.uint8)).numpy()
+            writer.write(official_imagenet21k_example(image, list(range(i + 1))))
     prepare_imagenet21k.convert(str(raw / "*"), str(tmp_path / "imagenet21k"), eval_files=0, minival_files=0)
     batch = next(_host("imagenet21k", data_dir=str(tmp_path), global_batch_size=4))
     counts = batch["label_count"]
