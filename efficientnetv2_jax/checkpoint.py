@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.metadata import array_metadata_store  # Private modules: orbax-checkpoint is pinned.
+from orbax.checkpoint._src.serialization.type_handler_registry import GLOBAL_TYPE_HANDLER_REGISTRY
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 CORRUPT_SUBDIR = "checkpoints_corrupt"
@@ -29,7 +31,17 @@ HEAD_LEAVES = ("params/classifier/kernel", "params/classifier/bias")
 BEST_MODES = ("max", "min")
 OFFICIAL_PREFIX = "official:"  # init_from=official:<name> starts from an official checkpoint by name.
 
+# Orbax copies a replicated array to the host in slices, one per replica, each cut by its own jitted program
+# (one compilation per array shape and device). Below this many bytes per slice it copies from one replica instead:
+# on 8 CPU devices the first save of a tiny model compiled 304 such programs in 7.2 s for 1.9 MB of state.
+# Large arrays (big kernels and their optimizer slots on a pod) keep the parallel copy.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
 logger = logging.getLogger(__name__)
+
+GLOBAL_TYPE_HANDLER_REGISTRY.add(jax.Array, ocp.type_handlers.ArrayHandler(
+    array_metadata_store=array_metadata_store.Store(), min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
+    override=True, ignore_warnings=True)  # Orbax's default jax.Array handler, but for the threshold.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -320,3 +320,21 @@ def test_two_processes_agree_on_the_stop_step():
     outputs = [[line for line in out.splitlines() if line.startswith("stop")] for _, out in results]
     (first,), (second,) = outputs
     assert first == second and int(first.split()[1]) >= 3  # Both stop at the same step, after the signal.
+
+
+def test_small_replicated_arrays_are_saved_without_a_slice_program_per_replica(tmp_path, caplog):
+    """Orbax cuts a replicated array into one slice per replica, each by its own compiled program; below
+    checkpoint.MIN_REPLICA_SLICE_BYTES per slice that costs more than it saves (304 programs, 7.2 s, in a tiny
+    model's first save), so only the large array here is sliced."""
+    mesh = data_mesh(8)
+    big_rows = checkpoint.MIN_REPLICA_SLICE_BYTES // 4  # One float32 row of 1 MiB per replica.
+    state = make_state().replace(opt_state=np.ones((8, big_rows), np.float32))
+    replicated = jax.device_put(state, NamedSharding(mesh, P()))
+    with caplog.at_level(logging.WARNING), jax.log_compiles(), new_checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(1, replicated, force=True)
+        ckpt.wait_until_finished()
+    sliced = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(slice)")]
+    assert sliced and all(f"float32[8,{big_rows}]" in message for message in sliced), sliced
+    with new_checkpointer(tmp_path) as ckpt:
+        restored = ckpt.restore_latest(jax.eval_shape(lambda: state), shardings=NamedSharding(mesh, P()))
+    assert_trees_equal(restored.state, host(state))
