@@ -15,6 +15,10 @@ import tempfile
 import time
 from typing import Callable, Sequence
 
+# The suite compiles with LLVM's optimisation level 0: the same XLA programs (HLO), about 30% less compile time on
+# CPU (a cold 8-step run of test_resume's config: 45 -> 34 s, the same eval top-1). Step speed is not under test.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
 # What XLA's gRPC coordination service logs, or JAX raises, when the coordinator cannot bind its port.
 COORDINATOR_BIND_FAILURES = ("Failed to add port to server", "Failed to start RPC server")
 POLL_SECONDS = 0.05
@@ -25,6 +29,12 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
         probe.bind(("", 0))
         return probe.getsockname()[1]
+
+
+def cpu_env(devices: int, **extra: str) -> dict[str, str]:
+    """The environment of a child JAX process on `devices` virtual CPU devices, compiling as the suite does."""
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
+                JAX_PLATFORMS="cpu", **extra)
 
 
 class Child:

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSh
 
 from efficientnetv2_jax import checkpoint
 from efficientnetv2_jax.train.preemption import PreemptionWatcher
-from processes import Child, run_processes
+from processes import Child, cpu_env, run_processes
 
 MODEL = "efficientnetv2-b0"
 
@@ -313,7 +313,7 @@ jax.distributed.shutdown()
 
 
 def test_two_processes_agree_on_the_stop_step():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = cpu_env(1)
     results = run_processes(lambda address: [
         Child([sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(i), address.rsplit(":", 1)[1]], env=env)
         for i in range(2)], timeout=120)
@@ -330,7 +330,7 @@ def test_small_replicated_arrays_are_saved_without_a_slice_program_per_replica(t
     big_rows = checkpoint.MIN_REPLICA_SLICE_BYTES // 4  # One float32 row of 1 MiB per replica.
     state = make_state().replace(opt_state=np.ones((8, big_rows), np.float32))
     replicated = jax.device_put(state, NamedSharding(mesh, P()))
-    with caplog.at_level(logging.WARNING), jax.log_compiles(), new_checkpointer(tmp_path) as ckpt:
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(), new_checkpointer(tmp_path) as ckpt:
         assert ckpt.save(1, replicated, force=True)
         ckpt.wait_until_finished()
     sliced = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(slice)")]

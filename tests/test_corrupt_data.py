@@ -2,7 +2,6 @@
 the loss while (by decision, see README "Corrupt images") still feeding the BN batch statistics."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from PIL import Image
 
 from efficientnetv2_jax.models import create_model
 from efficientnetv2_jax.train import losses
-from processes import run_one
+from processes import cpu_env, run_one
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +35,7 @@ def test_trainer_counts_corrupt_images_in_metrics_summary_and_eval(tmp_path):
     (tmp_path / "data" / "train" / "class0" / "00.png").unlink()  # 31 good + 1 corrupt = one batch of 32.
     _write_split(tmp_path / "data" / "eval", 8, rng)  # 16 good + 1 corrupt, eval batch 8: 3 steps, 7 padding.
     workdir = tmp_path / "run"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_env(8)
     code, out = run_one([
         sys.executable, "-m", "efficientnetv2_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
         f"--config.dataset.name=folder:{tmp_path / 'data'}", "--config.model.width=0.25", "--config.model.depth=0.25",

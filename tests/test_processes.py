@@ -1,6 +1,5 @@
 """The child-process helpers: a coordinator port taken by someone else is retried, never waited on; no orphans."""
 
-import os
 import socket
 import sys
 import time
@@ -22,7 +21,7 @@ def test_a_taken_coordinator_port_is_retried_on_a_fresh_one(monkeypatch):
     ports = iter([taken_port])
     fresh = processes.free_port
     monkeypatch.setattr(processes, "free_port", lambda: next(ports, None) or fresh())
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = processes.cpu_env(1)
     addresses = []
 
     def launch(address):

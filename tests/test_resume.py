@@ -3,11 +3,11 @@
 One tiny 8-step, 2-stage run: stage 1 (steps 0-3, 16 px) has RandAugment 5 and the flip, stage 2 (steps 4-7,
 24 px) RandAugment 10, flip, mixup and cutmix. SIGTERM arrives at an exact step (EFFICIENTNETV2_JAX_SIGTERM_AT_STEP).
 Also here, on the same runs: the NaN stop and `evaluate` on another device count. Runs that start mid-way copy
-another run's checkpoints instead of training the first steps again; the SIGTERM test goes through the signal.
+another run's checkpoints instead of training the first steps again (a finished run's checkpoint at a step is the
+state a run stopped there saves); the SIGTERM test still goes through the signal.
 """
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +18,7 @@ import pytest
 
 from efficientnetv2_jax.checkpoint import restore_variables
 from efficientnetv2_jax.train.preemption import SIGTERM_AT_STEP_ENV
-from processes import Child, run_one, run_processes
+from processes import Child, cpu_env, run_one, run_processes
 
 pytestmark = pytest.mark.timeout(900)  # Whole trainings in subprocesses; each wait below is bounded at 600 s.
 
@@ -32,21 +32,19 @@ AUG_RUN = [
 ]
 STOP_IN_STAGE_2 = 6  # Mixup, cutmix, RandAugment 10 and the flip are all active at this step.
 STOP_IN_STAGE_1 = 2  # Before mixing starts: the steps so far do not depend on the device count.
+MIXING_STARTS = 4  # The first step of stage 2, and a checkpoint step.
 
 
 def _main_command(workdir, *overrides, module="efficientnetv2_jax.main"):
     return [sys.executable, "-m", module, f"--workdir={workdir}", *AUG_RUN, *overrides]
 
 
-def _env(devices, **extra):
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-                **extra)
 
 
 def train(workdir, cache, *overrides, devices=8, **env):
     """One trainer run to completion (or preemption); asserts a clean exit and returns the output."""
     code, out = run_one(_main_command(workdir, f"--config.compilation_cache_dir={cache}", *overrides),
-                        timeout=600, cwd=ROOT, env=_env(devices, **env))
+                        timeout=600, cwd=ROOT, env=cpu_env(devices, **env))
     assert code == 0, out[-3000:]
     return out
 
@@ -55,8 +53,8 @@ def assert_same_variables(workdir_a, workdir_b, *, exact: bool) -> None:
     """Params and BN statistics (raw and EMA) equal bit for bit, or within float summation-order noise: other
     device counts reduce in another order, and the following steps amplify it. Noise is measured as the relative
     L2 distance of each whole group (per tensor it is ill-conditioned: BN biases and channel means sit near zero).
-    Measured on this config: 2x2 vs 1x4 3e-6 (params) / 1.2e-5 (batch_stats); 2 steps on 4 devices then 6 on 8
-    vs 8 throughout 5e-5 / 3.6e-4; a different partner for every mixed example (mixing groups of 8 vs 4) 4.8e-3 /
+    Measured on this config: steps 4-7 on 2x2 after 1x4's step 4 vs 1x4 1.4e-7 (params) / 4.9e-7 (batch_stats);
+    2 steps on 4 devices then 6 on 8 vs 8 throughout 2.0e-5 / 7.4e-5; a different partner for every mixed example (mixing groups of 8 vs 4) 4.8e-3 /
     4.0e-2 after two mixed steps, 1.2e-2 / 6.3e-2 after four. The bounds sit between the two."""
     distances = []
     for ema in (False, True):
@@ -111,6 +109,7 @@ def test_the_runs_had_every_augmentation_on(uninterrupted):
 
 
 def test_sigterm_at_an_exact_step_then_restart_is_bitwise_equal(uninterrupted, compilation_cache_dir, tmp_path):
+    copy_run_stopped_at(uninterrupted, MIXING_STARTS, tmp_path)
     out = train(tmp_path, compilation_cache_dir, **{SIGTERM_AT_STEP_ENV: str(STOP_IN_STAGE_2)})
     assert f"Preempted (SIGTERM): checkpoint saved at step {STOP_IN_STAGE_2}" in out
     assert not (tmp_path / "summary.json").exists() and checkpoint_steps(tmp_path)[-1] == STOP_IN_STAGE_2
@@ -122,14 +121,19 @@ def test_sigterm_at_an_exact_step_then_restart_is_bitwise_equal(uninterrupted, c
 
 def test_two_processes_of_two_devices_match_one_process_of_four(on_four_devices, compilation_cache_dir,
                                                                  tmp_path):
+    """Steps 4-7, where mixup, cutmix, RandAugment 10 and the flip are all on, on 2 processes x 2 devices after the
+    1 x 4 run's step-4 checkpoint: each host must read and mix its own slice of the same global batches."""
+    copy_run_stopped_at(on_four_devices, MIXING_STARTS, tmp_path)
+
     def launch(address):
         flags = [f"--config.compilation_cache_dir={compilation_cache_dir}", f"--coordinator_address={address}",
                  "--num_processes=2"]
-        return [Child(_main_command(tmp_path, *flags, f"--process_id={i}"), cwd=ROOT, env=_env(2)) for i in range(2)]
+        return [Child(_main_command(tmp_path, *flags, f"--process_id={i}"), cwd=ROOT, env=cpu_env(2)) for i in range(2)]
 
     for code, out in run_processes(launch, timeout=600):
         assert code == 0, out[-3000:]
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 8
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["resumed_from_step"] == MIXING_STARTS and summary["steps"] == 8
     assert_same_variables(tmp_path, on_four_devices, exact=False)
 
 
@@ -148,7 +152,7 @@ def test_nan_stop_exits_1_with_one_line_and_keeps_the_last_good_checkpoint(unint
     copy_run_stopped_at(uninterrupted, 4, tmp_path)
     good = restore_variables(str(tmp_path), ema=False)
     code, out = run_one(_main_command(tmp_path, f"--config.compilation_cache_dir={compilation_cache_dir}",
-                                      "--config.lr.base=nan"), timeout=600, cwd=ROOT, env=_env(8))
+                                      "--config.lr.base=nan"), timeout=600, cwd=ROOT, env=cpu_env(8))
     assert code == 1, out[-3000:]
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "diverged" in errors[0] and "nan" in errors[0], out[-3000:]
@@ -163,7 +167,7 @@ def test_nan_stop_exits_1_with_one_line_and_keeps_the_last_good_checkpoint(unint
 def test_evaluate_on_another_device_count_gives_the_trainers_metrics(uninterrupted):
     """The trainer evaluated on 8 devices at the end; `evaluate` on 3 devices (eval batch 64 rounded) agrees."""
     code, out = run_one([sys.executable, "-m", "efficientnetv2_jax.evaluate", "--checkpoint", str(uninterrupted),
-                         "--json"], timeout=600, cwd=ROOT, env=_env(3))
+                         "--json"], timeout=600, cwd=ROOT, env=cpu_env(3))
     assert code == 0, out[-3000:]
     metrics = json.loads(next(line for line in out.splitlines() if line.startswith("{")))["24"]
     summary = json.loads((uninterrupted / "summary.json").read_text())

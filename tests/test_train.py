@@ -2,7 +2,6 @@
 equivalence run with every augmentation on in tests/test_resume.py."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from efficientnetv2_jax.checkpoint import save_variables
-from processes import run_one
+from processes import cpu_env, run_one
 
 pytestmark = pytest.mark.timeout(900)  # Whole trainings in subprocesses; each wait is bounded at 600 s.
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +24,7 @@ TINY_RUN = [
 
 def run_main(workdir, *overrides, cache_dir=None):
     """Runs `python -m efficientnetv2_jax.main` on the digits config in a subprocess: (exit code, output)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_env(8)
     cmd = [sys.executable, "-m", "efficientnetv2_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
            *TINY_RUN, *overrides]
     if cache_dir:
