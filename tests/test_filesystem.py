@@ -89,12 +89,13 @@ def gcs_bucket(fake_gcs_server, local_os_calls, monkeypatch, tmp_path):  # pylin
     yield from _guarded_bucket(f"gs://bucket-{uuid.uuid4().hex[:8]}", local_os_calls, monkeypatch, tmp_path)
 
 
-def _write_folder_dataset(root: str, per_class: int = 4) -> None:
-    for label, name in enumerate(("cat", "dog", "eel")):
+def write_class_folders(root: str, per_class: int = 4, classes=("cat", "dog", "eel"), shape=(40, 30, 3),
+                        step: int = 60) -> None:
+    """`root/<class>/<i>.png` through gfile (any filesystem): flat images of value step x label + i."""
+    for label, name in enumerate(classes):
+        tf.io.gfile.makedirs(f"{root}/{name}")
         for i in range(per_class):
-            image = np.full((40, 30, 3), 60 * label + i, np.uint8)
-            tf.io.gfile.makedirs(f"{root}/{name}")
-            tf.io.write_file(f"{root}/{name}/{i}.png", tf.io.encode_png(image))
+            tf.io.write_file(f"{root}/{name}/{i}.png", tf.io.encode_png(np.full(shape, step * label + i, np.uint8)))
 
 
 def test_the_guard_catches_a_local_call(local_os_calls):
@@ -110,7 +111,7 @@ def test_the_guard_catches_a_local_call(local_os_calls):
 
 def test_folder_dataset_on_a_bucket_lists_and_reads_through_gfile(bucket):
     root = f"{bucket}/pets"
-    _write_folder_dataset(root)
+    write_class_folders(root)
     split = load_folder_split(root, "all")
     assert split.class_names == ("cat", "dog", "eel") and len(split.paths) == 12
     assert all(p.startswith(root + "/") for p in split.paths)

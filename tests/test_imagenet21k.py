@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from efficientnetv2_jax.checkpoint import restore_variables
 from efficientnetv2_jax.data import prepare_imagenet21k, registry
-from test_filesystem import official_imagenet21k_example
+from test_filesystem import official_imagenet21k_example, write_class_folders
 from test_filesystem import fake_gcs_server, gcs_bucket, local_os_calls  # noqa: F401  pylint: disable=unused-import
 
 TINY = dict(width=0.25, depth=0.25)
@@ -48,15 +48,6 @@ def _write_official_tfrecords(folder: str, classes=(5, 9, 21842, 77), files=3, p
                 writer.write(official_imagenet21k_example(tf.io.encode_jpeg(image).numpy(), labels, f"n{f}_{i}"))
 
 
-def _write_class_folders(root: str, classes=("cat", "dog", "eel")) -> None:
-    for split, count in (("train", 4), ("eval", 2)):
-        for label, name in enumerate(classes):
-            for i in range(count):
-                image = np.full((40, 50, 3), 70 * label + 10 * i, np.uint8)
-                tf.io.gfile.makedirs(f"{root}/{split}/{name}")
-                tf.io.write_file(f"{root}/{split}/{name}/{i}.png", tf.io.encode_png(image))
-
-
 def test_imagenet21k_pretraining_then_finetune_from_it(gcs_bucket, fake_gcs_server, tmp_path):  # noqa: F811
     from efficientnetv2_jax.train import train  # pylint: disable=import-outside-toplevel
 
@@ -78,7 +69,8 @@ def test_imagenet21k_pretraining_then_finetune_from_it(gcs_bucket, fake_gcs_serv
     assert pretrained["params"]["classifier"]["kernel"].shape[-1] == registry.IMAGENET21K_NUM_CLASSES
 
     pets = f"{gcs_bucket}/pets"
-    _write_class_folders(pets)
+    write_class_folders(f"{pets}/train", per_class=4, shape=(40, 50, 3), step=70)
+    write_class_folders(f"{pets}/eval", per_class=2, shape=(40, 50, 3), step=70)
     finetune = _config(f"finetune:b0,folder:{pets}", seed=0, compilation_cache_dir=cache,
                        init_from=f"{gcs_bucket}/b0-21k")
     finetune.lr.base = 0.0  # Parameters stay as loaded, so the carried-over backbone can be compared exactly.
