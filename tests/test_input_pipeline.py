@@ -10,6 +10,7 @@ import tensorflow as tf
 from jax.sharding import Mesh, PartitionSpec
 
 from efficientnetv2_jax.data import input_pipeline, mixing, make_eval_iterator, make_train_iterator, prepare_imagenet21k, sources
+from efficientnetv2_jax.data.device_prefetch import DevicePrefetchIterator
 from efficientnetv2_jax.data.example_order import TrainOrder
 from efficientnetv2_jax.train.losses import dense_labels
 from test_filesystem import official_imagenet21k_example
@@ -225,3 +226,21 @@ def test_train_order_serves_any_epoch_while_readers_run_epochs_ahead():
     assert not any(thread.is_alive() for thread in threads), "TrainOrder readers deadlocked"
     for step, (indices, _) in zip(steps, results):
         assert np.array_equal(indices, np.random.default_rng([3, step]).permutation(8))
+
+
+def test_closing_the_prefetcher_stops_its_thread_and_closes_the_source(mesh):
+    """close() returns only once the thread has closed the host-batch source: a stage's input pipeline is torn
+    down at the stage switch, not by a garbage collection in the middle of the next stage."""
+    closed = []
+
+    def endless_batches():
+        try:
+            while True:
+                yield {"x": np.zeros((8, 2), np.float32)}
+        finally:
+            closed.append(True)
+
+    prefetcher = DevicePrefetchIterator(endless_batches(), mesh, prefetch=2)
+    assert next(prefetcher)["x"].shape == (8, 2)
+    prefetcher.close()
+    assert closed == [True]

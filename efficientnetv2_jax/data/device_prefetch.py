@@ -6,6 +6,7 @@ while the devices run step k; neither side waits on the other in steady state.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Any, Callable, Iterator
@@ -15,6 +16,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 _DONE = object()
+CLOSE_TIMEOUT_SECONDS = 60.0  # Longer than any one host batch takes to prepare.
+
+logger = logging.getLogger(__name__)
 
 
 def to_global_arrays(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -54,6 +58,9 @@ class DevicePrefetchIterator:
             self._put(_DONE)
         except Exception as error:  # pylint: disable=broad-except  # handed to the consumer thread
             self._put(error)
+        finally:
+            if hasattr(host_batches, "close"):
+                host_batches.close()  # Tear the source (e.g. a tf.data iterator) down here, in this thread.
 
     def __iter__(self) -> "DevicePrefetchIterator":
         return self
@@ -69,5 +76,9 @@ class DevicePrefetchIterator:
         return item
 
     def close(self) -> None:
-        """Stops the background thread (it exits at its next batch boundary)."""
+        """Stops the background thread and waits (bounded) until it has finished its batch and closed the source."""
         self._stop.set()
+        self._thread.join(CLOSE_TIMEOUT_SECONDS)
+        if self._thread.is_alive():
+            logger.warning("The input thread did not stop within %.0f s; it is left to finish on its own.",
+                           CLOSE_TIMEOUT_SECONDS)
