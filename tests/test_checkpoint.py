@@ -324,7 +324,7 @@ def test_two_processes_agree_on_the_stop_step():
 
 def test_small_replicated_arrays_are_saved_without_a_slice_program_per_replica(tmp_path, caplog):
     """Orbax cuts a replicated array into one slice per replica, each by its own compiled program; below
-    checkpoint.MIN_REPLICA_SLICE_BYTES per slice that costs more than it saves (304 programs, 7.2 s, in a tiny
+    checkpoint.MIN_REPLICA_SLICE_BYTES per slice that costs more than it saves (304 programs in a tiny
     model's first save), so only the large array here is sliced."""
     mesh = data_mesh(8)
     big_rows = checkpoint.MIN_REPLICA_SLICE_BYTES // 4  # One float32 row of 1 MiB per replica.
