@@ -6,8 +6,9 @@
 2. The run's programs (init, one train step per stage, eval) compiled at XLA's default LLVM optimisation level vs
    at -O0, which `tests/processes.TEST_XLA_FLAGS` sets for the suite.
 
-The run is test_resume's: configs/digits.py:aug, width and depth 0.25, batch 32, two stages (16 and 24 px).
-Each measurement runs in a fresh process, as XLA_FLAGS must be set before JAX starts.
+The run is test_resume's (its AUG_RUN flags: configs/digits.py:aug, width and depth 0.25, batch 32, two stages of
+16 and 24 px), built as the trainer builds it. Each measurement runs in a fresh process, as XLA_FLAGS must be set
+before JAX starts.
 
   python benchmarks/compile_overheads.py
 """
@@ -23,26 +24,31 @@ import sys
 import tempfile
 import time
 
-O0_FLAG = "--xla_backend_optimization_level=0"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from processes import TEST_XLA_FLAGS  # noqa: E402  (tests/: the suite's compile flags are what is measured)
+
 CHILDREN = {  # name: (extra XLA flags, what the child measures)
     "orbax_default": ("", "save"), "orbax_ours": ("", "save"),
-    "compile_default": ("", "compile"), "compile_O0": (O0_FLAG, "compile"),
+    "compile_default": ("", "compile"), "compile_O0": (TEST_XLA_FLAGS, "compile"),
 }
 
 
 def tiny_program():
-    """test_resume's program on this process's devices, and its stages."""
-    from configs import digits
+    """test_resume's program on this process's devices, and its stages, from the config as train.py reads it."""
+    from test_resume import AUG_RUN
+
+    from efficientnetv2_jax import data as data_lib
+    from efficientnetv2_jax.main import load_config
     from efficientnetv2_jax.train import progressive
     from efficientnetv2_jax.train.program import build_program
 
-    config = digits.get_config("aug")
-    config.model.width = config.model.depth = 0.25
-    config.batch_size, config.eval_batch_size, config.total_steps = 32, 64, 8
-    config.progressive.num_stages, config.progressive.base_image_size = 2, 8
-    config.progressive.train_image_size = config.eval_image_size = 24
-    program = build_program(config, num_classes=10, steps_per_epoch=40)
-    return program, progressive.make_stages(config, config.total_steps)
+    config = load_config(AUG_RUN[0].removeprefix("--config="), AUG_RUN[1:])
+    info = data_lib.get_dataset_info(config.dataset.name, config.dataset.data_dir or None)
+    steps_per_epoch, total_steps = progressive.run_length(config, info.split_sizes[config.dataset.train_split])
+    program = build_program(config, num_classes=info.num_classes, steps_per_epoch=steps_per_epoch,
+                            multi_label=info.multi_label)
+    return program, progressive.make_stages(config, total_steps)
 
 
 def measure_compile() -> dict:
@@ -83,7 +89,8 @@ def measure_save(orbax_default: bool) -> dict:
     logging.getLogger("jax").addHandler(Recorder())
     logging.getLogger("jax").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as workdir, jax.log_compiles():
-        with checkpoint.Checkpointer(workdir, model_name="efficientnetv2-b0", num_classes=10) as saver:
+        with checkpoint.Checkpointer(workdir, model_name=program.model.model_name,
+                                   num_classes=program.num_classes) as saver:
             started = time.perf_counter()
             saver.save(1, state, force=True)
             saver.wait_until_finished()
@@ -97,8 +104,7 @@ def run_child(name: str) -> dict:
     flags, _ = CHILDREN[name]
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {flags}".strip())
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name], cwd=root, env=env,
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True, timeout=900).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -108,7 +114,7 @@ def main() -> None:
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        sys.path.insert(0, os.getcwd())
+        sys.path.insert(0, ROOT)
         kind = CHILDREN[args.child][1]
         result = measure_compile() if kind == "compile" else measure_save(args.child == "orbax_default")
         print(json.dumps(result))

@@ -33,7 +33,7 @@ OFFICIAL_PREFIX = "official:"  # init_from=official:<name> starts from an offici
 
 # Orbax copies a replicated array to the host in slices, one per replica, each cut by its own jitted program
 # (one compilation per array shape and device). Below this many bytes per slice it copies from one replica instead:
-# on 8 CPU devices the first save of a tiny model's 2 MB state compiled 304 such programs and took 11.6 s, now 0.9 s
+# on 8 CPU devices the first save of a tiny model's 2 MB state compiled 304 such programs and took 12.4 s, now 0.6 s
 # (benchmarks/compile_overheads.py). Large arrays (big kernels and their optimizer slots on a pod) keep the
 # parallel copy.
 MIN_REPLICA_SLICE_BYTES = 1 << 20

@@ -1,14 +1,14 @@
 """Test setup: 8 virtual CPU devices compiled at LLVM -O0 (processes.TEST_XLA_FLAGS; set before JAX is imported),
-TensorFlow kept off accelerators, the longest files scheduled first, and one persistent compilation cache for the trainer subprocesses of a test session."""
+TensorFlow kept off accelerators, the longest files scheduled first, and one persistent compilation cache for the
+trainer subprocesses of a test session."""
 
 import os
 
 import pytest
 
-from processes import TEST_XLA_FLAGS
+from processes import cpu_xla_flags
 
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", TEST_XLA_FLAGS]).strip()
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {cpu_xla_flags(8)}".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -16,7 +16,7 @@ import time
 from typing import Callable, Sequence
 
 # The suite compiles with LLVM's optimisation level 0: the same XLA programs (HLO) in two thirds of the compile time
-# on CPU (test_resume's programs: 30.2 -> 20.1 s, benchmarks/compile_overheads.py). Step speed is not under test.
+# on CPU (test_resume's programs: 32.8 -> 22.1 s, benchmarks/compile_overheads.py). Step speed is not under test.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 # What XLA's gRPC coordination service logs, or JAX raises, when the coordinator cannot bind its port.
@@ -31,10 +31,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def cpu_xla_flags(devices: int) -> str:
+    """XLA_FLAGS for `devices` virtual CPU devices, compiling as the suite does."""
+    return f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
+
+
 def cpu_env(devices: int, **extra: str) -> dict[str, str]:
     """The environment of a child JAX process on `devices` virtual CPU devices, compiling as the suite does."""
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
-                JAX_PLATFORMS="cpu", **extra)
+    return dict(os.environ, XLA_FLAGS=cpu_xla_flags(devices), JAX_PLATFORMS="cpu", **extra)
 
 
 class Child:

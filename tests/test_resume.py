@@ -39,8 +39,6 @@ def _main_command(workdir, *overrides, module="efficientnetv2_jax.main"):
     return [sys.executable, "-m", module, f"--workdir={workdir}", *AUG_RUN, *overrides]
 
 
-
-
 def train(workdir, cache, *overrides, devices=8, **env):
     """One trainer run to completion (or preemption); asserts a clean exit and returns the output."""
     code, out = run_one(_main_command(workdir, f"--config.compilation_cache_dir={cache}", *overrides),
@@ -54,8 +52,9 @@ def assert_same_variables(workdir_a, workdir_b, *, exact: bool) -> None:
     device counts reduce in another order, and the following steps amplify it. Noise is measured as the relative
     L2 distance of each whole group (per tensor it is ill-conditioned: BN biases and channel means sit near zero).
     Measured on this config: steps 4-7 on 2x2 after 1x4's step 4 vs 1x4 1.4e-7 (params) / 4.9e-7 (batch_stats);
-    2 steps on 4 devices then 6 on 8 vs 8 throughout 2.0e-5 / 7.4e-5; a different partner for every mixed example (mixing groups of 8 vs 4) 4.8e-3 /
-    4.0e-2 after two mixed steps, 1.2e-2 / 6.3e-2 after four. The bounds sit between the two."""
+    2 steps on 4 devices then 6 on 8 vs 8 throughout 2.0e-5 / 7.4e-5; a different partner for every mixed example
+    (mixing groups of 8 vs 4) 4.8e-3 / 4.0e-2 after two mixed steps, 1.2e-2 / 6.3e-2 after four. The bounds sit
+    between the two."""
     distances = []
     for ema in (False, True):
         a, b = restore_variables(str(workdir_a), ema=ema), restore_variables(str(workdir_b), ema=ema)
