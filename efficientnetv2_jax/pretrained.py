@@ -142,7 +142,10 @@ def _corrupt(archive: pathlib.Path, why: str) -> WeightsUnavailable:
 
 
 def _unpack(archive: pathlib.Path, destination: pathlib.Path) -> pathlib.Path:
-    """Extracts `archive` (safe member paths only) and returns the folder holding its TF checkpoint."""
+    """Extracts `archive` (safe member paths only) and returns the folder holding its TF checkpoint.
+
+    Only the bytes of regular files and the folders are written, with this process's default modes and owner (what
+    tarfile's "data" filter gives; its `filter` argument needs Python >= 3.11.4, Debian 12 ships 3.11.2)."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()
@@ -150,7 +153,14 @@ def _unpack(archive: pathlib.Path, destination: pathlib.Path) -> pathlib.Path:
                       or ".." in pathlib.PurePosixPath(m.name).parts]
             if unsafe:
                 raise _corrupt(archive, f"unsafe member {unsafe[0]!r}")
-            tar.extractall(destination, filter="data")
+            for member in members:
+                target = destination.joinpath(*pathlib.PurePosixPath(member.name).parts)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as source, open(target, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         if isinstance(error, WeightsUnavailable):
             raise

@@ -232,6 +232,23 @@ def test_corrupt_archives_are_deleted_and_reported_never_converted(b0, serve, tm
     assert cache_files(tmp_path / "cache") == []
 
 
+@pytest.mark.parametrize("member", ["../escaped.txt", "/abs.txt", "link"])
+def test_archives_with_unsafe_members_are_refused_and_nothing_is_written_outside(serve, tmp_path, member):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    serve({f"{NAME}.tgz": buffer.getvalue()})
+    with pytest.raises(pretrained.WeightsUnavailable, match=f"unsafe member '{re.escape(member)}'.*deleted"):
+        pretrained.load(NAME)
+    assert cache_files(tmp_path / "cache") == [] and not list(tmp_path.rglob("escaped.txt"))
+
+
 def test_no_network_names_the_url_and_where_to_drop_the_archive_which_then_works(b0, monkeypatch, tmp_path):
     tensors, archive = b0
     url = dead_url()
